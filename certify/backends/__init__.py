@@ -1,0 +1,67 @@
+"""Lazy backend registry: names map to ``"module:Class"`` strings, imported only when a worker needs one.
+
+Third-party backends register in the ``certify.backends`` entry-point group (``name = "pkg.mod:Class"``) or
+are named in a plan directly as ``framework = "pkg.mod:Class"``. A backend that fails to import is a
+``BackendUnavailable`` with an install hint, never an unguarded crash.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import cast
+
+from certify.backends.base import Backend
+from certify.errors import BackendUnavailable
+
+ENTRY_POINT_GROUP = "certify.backends"
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    target: str  # "module:Class"
+    install: str  # how to get the framework
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "onnxruntime": BackendEntry("certify.backends.onnxruntime:OnnxRuntimeBackend",
+                                "pip install 'edge-certify[ort]' (onnxruntime; onnxruntime-gpu on NVIDIA)"),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def registered_names() -> list[str]:
+    """Backends from the entry-point group (third parties)."""
+    return sorted(_entry_points())
+
+
+def install_hint(name: str) -> str:
+    entry = BACKENDS.get(name)
+    return entry.install if entry else f"install the package that provides backend {name!r}"
+
+
+def resolve_backend(name: str) -> type[Backend]:
+    """Import and return the backend class for a plan's ``framework`` value."""
+    target = BACKENDS[name].target if name in BACKENDS else name
+    try:
+        if ":" in target:
+            module_name, _, attr = target.partition(":")
+            cls = getattr(importlib.import_module(module_name), attr)
+        elif name in _entry_points():
+            cls = _entry_points()[name].load()
+        else:
+            raise BackendUnavailable(f"unknown framework {name!r}", hint="see `certify doctor` for backends")
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # an import error of any kind must not crash the session
+        raise BackendUnavailable(f"backend {name!r} ({target}) failed to import: {exc}",
+                                 hint=install_hint(name)) from None
+    cls = cast("type[Backend]", cls)
+    cls.import_runtime()
+    return cls

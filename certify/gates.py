@@ -1,0 +1,120 @@
+"""Measurements + policy -> verdicts. Every verdict carries its value, interval, threshold and reason,
+and a failing one a framework-specific hint for fixing it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from certify.policy import Policy
+
+PASS, FAIL, NOT_EVALUATED, ERROR = "pass", "fail", "not_evaluated", "error"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    verdict: str
+    reason: str
+    value: float | None = None
+    interval: tuple[float, float] | None = None
+    threshold: float | None = None
+    comparison: str = ">="
+    unit: str = ""
+    hint: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def message(self) -> str:
+        text = f"{self.gate} gate {self.verdict.upper().replace('_', ' ')}: {self.reason}"
+        return text + (f"\n  hint: {self.hint}" if self.hint and not self.passed else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["interval"] = list(self.interval) if self.interval else None
+        return data
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:.1%}" if unit == "%" else f"{value:.3g}{unit}"
+
+
+def decide(gate: str, label: str, value: float, interval: tuple[float, float] | None, threshold: float, *,
+           policy: Policy, unit: str = "", higher_is_better: bool = True, hint: str = "",
+           details: dict[str, Any] | None = None) -> GateResult:
+    """Pass when the estimate clears the threshold: its whole interval under the ``lower_bound`` rule,
+    the point estimate under ``point``. An interval straddling the threshold fails as *not decisive*."""
+    cmp = ">=" if higher_is_better else "<="
+    bound = value if interval is None or policy.decision == "point" else (
+        interval[0] if higher_is_better else interval[1])
+    ok = bound >= threshold if higher_is_better else bound <= threshold
+    ci = ""
+    if interval is not None:
+        ci = f" ({policy.confidence:.0%} CI {_fmt(interval[0], unit)} to {_fmt(interval[1], unit)})"
+    point_ok = value >= threshold if higher_is_better else value <= threshold
+    if ok:
+        reason = f"{label} {_fmt(value, unit)}{ci} {cmp} {_fmt(threshold, unit)}"
+    elif point_ok:
+        reason = (f"{label} {_fmt(value, unit)} but its interval{ci} does not clear {_fmt(threshold, unit)}: "
+                  "not decisive (measure longer, or on a quieter machine)")
+    else:
+        reason = f"{label} {_fmt(value, unit)}{ci}, required {cmp} {_fmt(threshold, unit)}"
+    return GateResult(gate, PASS if ok else FAIL, reason, value, interval, threshold, cmp, unit,
+                      "" if ok else hint, details or {})
+
+
+def accuracy_gate(acc: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+    details = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples")}
+    label = f"{acc['metric']} retention ({acc['candidate']:.4g} vs baseline {acc['baseline']:.4g})"
+    interval = (acc["interval"][0], acc["interval"][1])
+    return decide("accuracy", label, acc["retention"], interval, policy.min_accuracy_retention,
+                  policy=policy, unit="%", hint=hint, details=details)
+
+
+def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+    b, c = speed["baseline"]["latency"], speed["candidate"]["latency"]
+    details = {"baseline_p50_ms": b["p50_ms"], "candidate_p50_ms": c["p50_ms"], "samples": speed["samples"],
+               "stop_reason": speed["stop_reason"], "duration_s": speed["duration_s"],
+               "executed_device": speed["candidate"]["executed_device"]}
+    label = f"speedup (median {b['p50_ms']:.3g} ms -> {c['p50_ms']:.3g} ms, {speed['samples']} paired samples)"
+    interval = (speed["interval"][0], speed["interval"][1])
+    return decide("speed", label, speed["speedup"], interval, policy.min_speedup, policy=policy, unit="x",
+                  hint=hint, details=details)
+
+
+def memory_gate(base: dict[str, Any], cand: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+    value = 1.0 - cand["model_bytes"] / base["model_bytes"] if base["model_bytes"] > 0 else 0.0
+    interval = (1.0 - cand["max"] / max(base["min"], 1), 1.0 - cand["min"] / max(base["max"], 1))
+    mib = 1024 * 1024
+    label = f"memory reduction ({base['model_bytes'] / mib:.1f} MiB -> {cand['model_bytes'] / mib:.1f} MiB)"
+    details = {"baseline_bytes": base["model_bytes"], "candidate_bytes": cand["model_bytes"],
+               "baseline_file_bytes": base["file_bytes"], "candidate_file_bytes": cand["file_bytes"],
+               "method": cand["method"]}
+    return decide("memory", label, value, interval, policy.min_memory_reduction, policy=policy, unit="%",
+                  hint=hint, details=details)
+
+
+def stability_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+    lat, drift = speed["candidate"]["latency"], speed["candidate"]["drift"]
+    tail = lat["p99_ms"] / lat["p50_ms"] if lat["p50_ms"] > 0 else float("inf")
+    checks = [("p99/p50", tail, policy.max_p99_over_p50), ("CV", lat["cv"], policy.max_cv),
+              ("drift", abs(drift), policy.max_drift)]
+    broken = [f"{name} {value:.3g} > {limit:g}" for name, value, limit in checks if value > limit]
+    summary = ", ".join(f"{name} {value:.3g} (max {limit:g})" for name, value, limit in checks)
+    details = {"p99_over_p50": tail, "cv": lat["cv"], "drift": drift, "samples": speed["samples"]}
+    if broken:
+        return GateResult("stability", FAIL, f"latency unstable: {'; '.join(broken)}", tail, None,
+                          policy.max_p99_over_p50, "<=", "x", hint, details)
+    return GateResult("stability", PASS, f"latency stable: {summary}", tail, None, policy.max_p99_over_p50,
+                      "<=", "x", "", details)
+
+
+def not_evaluated(gate: str, reason: str) -> GateResult:
+    return GateResult(gate, NOT_EVALUATED, reason)
+
+
+def errored(gate: str, reason: str, hint: str = "") -> GateResult:
+    return GateResult(gate, ERROR, reason, hint=hint)

@@ -1,0 +1,1 @@
+"""Measurement: isolated worker processes, paired latency, memory, accuracy and their statistics."""

@@ -1,0 +1,47 @@
+"""Quality of a candidate against its baseline on the same data, with paired bootstrap intervals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from certify.measure import stats
+from certify.measure.client import WorkerClient
+from certify.metrics import Metric
+from certify.plan import Measure, ModelRef
+
+
+def predict(role: str, ref: ModelRef, inputs: dict[str, np.ndarray], batch_size: int,
+            measure: Measure) -> tuple[np.ndarray, dict[str, Any]]:
+    """The model's first output over the whole dataset, from a fresh worker, plus where it ran."""
+    with WorkerClient(role, ref, measure.timeout_s) as worker:
+        loaded = worker.call("load", ref=ref)
+        worker.call("feeds", key="data", arrays=inputs)
+        outputs = worker.call("predict", key="data", batch_size=batch_size)
+    return outputs, {"executed_device": loaded["executed_device"], "info": loaded["info"]}
+
+
+def retention(metric: Metric, base_value: np.ndarray, cand_value: np.ndarray) -> np.ndarray:
+    """Share of the baseline's quality the candidate keeps (1.0 = all of it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric.higher_is_better:
+            return np.asarray(cand_value / base_value)
+        return np.asarray(base_value / cand_value)
+
+
+def evaluate(metric: Metric, base_out: np.ndarray, cand_out: np.ndarray, labels: np.ndarray | None,
+             measure: Measure, confidence: float) -> dict[str, Any]:
+    base_scores = metric.per_sample(base_out, labels, base_out)
+    cand_scores = metric.per_sample(cand_out, labels, base_out)
+    kept, interval = stats.paired_statistic(
+        metric.reduce, base_scores, cand_scores, lambda b, c: retention(metric, b, c),
+        resamples=measure.bootstrap_resamples, seed=measure.seed, confidence=confidence)
+    agreement = float((base_out.reshape(len(base_out), -1).argmax(1)
+                       == cand_out.reshape(len(cand_out), -1).argmax(1)).mean())
+    return {
+        "metric": metric.name, "higher_is_better": metric.higher_is_better,
+        "baseline": float(metric.reduce(base_scores)), "candidate": float(metric.reduce(cand_scores)),
+        "retention": kept, "interval": list(interval), "confidence": confidence,
+        "top1_agreement": agreement, "samples": int(base_scores.size),
+    }

@@ -1,0 +1,65 @@
+"""Load a plan's evaluation data: arrays keyed by model input ("" = the model's only input) and labels."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from certify.errors import CertifyError
+from certify.plan import Dataset
+
+
+class DatasetError(CertifyError):
+    """The dataset cannot be read or is inconsistent."""
+
+
+def load_dataset(dataset: Dataset) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if dataset.path is not None:
+        with np.load(dataset.path, allow_pickle=False) as npz:
+            inputs = {name: np.asarray(npz[key]) for name, key in dataset.inputs}
+            labels = np.asarray(npz[dataset.labels]) if dataset.labels else None
+        where = str(dataset.path)
+    else:
+        assert dataset.loader is not None
+        inputs, labels = _from_loader(dataset.loader)
+        where = dataset.loader
+    if dataset.limit:
+        inputs = {k: v[: dataset.limit] for k, v in inputs.items()}
+        labels = labels[: dataset.limit] if labels is not None else None
+    _check_lengths(inputs, labels, where)
+    return inputs, labels
+
+
+def speed_batch(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """The identical input every speed and memory run uses: the first ``batch_size`` samples."""
+    return {k: v[:batch_size] for k, v in inputs.items()}
+
+
+def _from_loader(target: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """A ``module:function`` returning or yielding ``(inputs, labels)``; inputs an array or a dict."""
+    module_name, _, attr = target.partition(":")
+    try:
+        produced: Any = getattr(importlib.import_module(module_name), attr)()
+    except Exception as exc:
+        raise DatasetError(f"dataset.loader {target!r} failed: {type(exc).__name__}: {exc}",
+                           hint="the loader must be importable and return (inputs, labels)") from None
+    batches = [produced] if isinstance(produced, tuple) else list(produced)
+    if not batches or not all(isinstance(b, tuple) and len(b) == 2 for b in batches):
+        raise DatasetError(f"dataset.loader {target!r} must return or yield (inputs, labels) tuples")
+    as_dicts = [b[0] if isinstance(b[0], dict) else {"": b[0]} for b in batches]
+    inputs = {k: np.concatenate([np.asarray(d[k]) for d in as_dicts]) for k in as_dicts[0]}
+    labels = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
+    return inputs, labels
+
+
+def _check_lengths(inputs: dict[str, np.ndarray], labels: np.ndarray | None, where: str) -> None:
+    lengths = {k or "inputs": v.shape[0] if v.ndim else 0 for k, v in inputs.items()}
+    if labels is not None:
+        lengths["labels"] = labels.shape[0] if labels.ndim else 0
+    if len(set(lengths.values())) > 1:
+        raise DatasetError(f"{where}: arrays disagree on the number of samples: {lengths}",
+                           hint="every input and the labels need one row per sample")
+    if 0 in lengths.values():
+        raise DatasetError(f"{where}: the dataset has no samples", hint="check the file and the plan's limit")

@@ -1,0 +1,43 @@
+"""Memory of a model: peak resident memory of a fresh worker after load + inference, minus its footprint
+just before the load (the framework is already imported then, so the interpreter and runtime libraries
+are not counted). Repeated in fresh workers; the median is the value, min..max the interval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from certify.measure.client import WorkerClient
+from certify.plan import Measure, ModelRef
+
+INFERENCES = 20
+
+
+def model_files_bytes(ref: ModelRef) -> int:
+    """Size on disk: the file, plus any sibling data files sharing its stem (external data, IR .bin)."""
+    path = ref.path
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    siblings = [p for p in path.parent.glob(path.stem + ".*") if p.is_file() and p != path
+                and p.suffix in (".data", ".bin", ".onnx_data")]
+    return path.stat().st_size + sum(p.stat().st_size for p in siblings)
+
+
+def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measure: Measure) -> dict[str, Any]:
+    samples: list[int] = []
+    last: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    for _ in range(measure.memory_repeats):
+        with WorkerClient(role, ref, measure.timeout_s) as worker:
+            loaded = worker.call("load", ref=ref)
+            worker.call("feeds", key="mem", arrays=feeds)
+            worker.call("run", key="mem", iterations=INFERENCES)
+            last = worker.call("memory")
+        samples.append(last["peak"] - last["rss_before"])
+    return {
+        "model_bytes": int(np.median(samples)), "samples": samples, "min": min(samples), "max": max(samples),
+        "rss_before": last["rss_before"], "peak": last["peak"], "peak_reset": last["peak_reset"],
+        "file_bytes": model_files_bytes(ref), "executed_device": loaded["executed_device"],
+        "method": "VmHWM after reset minus RSS before load" if last["peak_reset"] else "ru_maxrss minus RSS before",
+    }

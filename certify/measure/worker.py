@@ -1,0 +1,130 @@
+"""The measurement worker: one fresh process per model, driven over a pipe by ``WorkerClient``.
+
+Run as ``python -m certify.measure.worker``. Requests and answers are length-prefixed pickles on
+stdin / a private copy of stdout; the real stdout is pointed at stderr so framework prints cannot
+corrupt the protocol. Errors come back as (type, message, hint), never as a framework traceback.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import struct
+import sys
+import time
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from certify.errors import CertifyError, ModelError
+from certify.measure import memory
+
+HEADER = struct.Struct("<Q")
+
+
+def write_message(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def read_message(stream: BinaryIO) -> Any:
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    return pickle.loads(stream.read(size))
+
+
+class Worker:
+    """Holds one loaded model and answers ``cmd_*`` requests."""
+
+    def __init__(self) -> None:
+        self.backend: Any = None
+        self.feeds: dict[str, dict[str, np.ndarray]] = {}
+        self.rss_before = 0
+        self.peak_reset = False
+
+    def cmd_load(self, ref: Any) -> dict[str, Any]:
+        from certify.backends import resolve_backend
+
+        t0 = time.perf_counter()
+        cls = resolve_backend(ref.framework)
+        import_s = time.perf_counter() - t0
+        gc.collect()
+        self.peak_reset = memory.reset_peak()
+        self.rss_before = memory.rss_bytes()
+        t1 = time.perf_counter()
+        self.backend = cls(ref)
+        self.backend.load()
+        return {"import_s": import_s, "load_s": time.perf_counter() - t1, "info": self.backend.info(),
+                "executed_device": self.backend.executed_device(), "rss_before": self.rss_before,
+                "inputs": [vars(s) for s in self.backend.input_specs()]}
+
+    def cmd_feeds(self, key: str, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
+        from certify.backends.base import prepare_feeds
+
+        self.feeds[key] = prepare_feeds(self.backend.input_specs(), arrays)
+        return {name: list(a.shape) for name, a in self.feeds[key].items()}
+
+    def cmd_run(self, key: str, iterations: int, rewarm: int = 0) -> np.ndarray:
+        """The timed loop: only the inference call sits between the two clock reads.
+
+        ``rewarm`` untimed iterations first bring the model back into cache after another process ran.
+        """
+        feeds, infer, clock = self.feeds[key], self.backend.infer, time.perf_counter_ns
+        for _ in range(rewarm):
+            infer(feeds)
+        times = np.empty(iterations, dtype=np.int64)
+        for i in range(iterations):
+            start = clock()
+            infer(feeds)
+            times[i] = clock() - start
+        return times
+
+    def cmd_predict(self, key: str, batch_size: int) -> np.ndarray:
+        """Run the whole dataset in batches; return the first output, concatenated."""
+        feeds = self.feeds[key]
+        n = next(iter(feeds.values())).shape[0]
+        parts = []
+        for start in range(0, n, batch_size):
+            batch = {name: a[start:start + batch_size] for name, a in feeds.items()}
+            parts.append(np.asarray(self.backend.infer(batch)[0]))
+        if not parts:
+            raise ModelError("the dataset is empty: nothing to evaluate")
+        return np.concatenate(parts, axis=0)
+
+    def cmd_memory(self) -> dict[str, Any]:
+        return {"rss_before": self.rss_before, "peak": memory.peak_bytes(), "rss_now": memory.rss_bytes(),
+                "peak_reset": self.peak_reset}
+
+    def cmd_exit(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+
+def _answer(worker: Worker, request: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
+    command, args = request
+    try:
+        return ("ok", getattr(worker, "cmd_" + command)(**args))
+    except CertifyError as exc:
+        return ("error", type(exc).__name__, exc.message, exc.hint)
+    except Exception as exc:  # report the cause in one line, the session goes on
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return ("error", "ModelError", f"{command} failed: {type(exc).__name__}: {first}", "")
+
+
+def main() -> None:
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    requests = sys.stdin.buffer
+    worker = Worker()
+    while (request := read_message(requests)) is not None:
+        write_message(channel, _answer(worker, request))
+        if request[0] == "exit":
+            break
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""The certification plan: models, baseline, candidates, dataset, metric, target hardware and policy.
+
+A plan is TOML (``certify.toml`` or ``[tool.certify]`` in ``pyproject.toml``). It is validated once, when
+loaded, and is frozen afterwards: every error names the file, the key and, for a typo, a did-you-mean.
+Relative paths are resolved against the plan file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from certify.errors import PlanError, did_you_mean
+from certify.hardware import DEVICES, PLATFORMS
+from certify.metrics import METRICS
+from certify.policy import POLICIES, THRESHOLD_TYPES, Policy
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_REQUIRED = object()
+DEVICE_PREFIXES = ("AUTO", "HETERO", "MULTI")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How long and how hard to measure. Speed runs adapt between the min and max bounds."""
+
+    warmup_iterations: int = 10
+    min_iterations: int = 30
+    max_iterations: int = 5000
+    min_duration_s: float = 1.0
+    max_duration_s: float = 15.0
+    timeout_s: float = 300.0
+    memory_repeats: int = 3
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model file to run: a baseline or a candidate."""
+
+    name: str
+    path: Path
+    framework: str
+    device: str = "cpu"
+    platforms: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ()
+    threads: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+    policy_overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def device_class(self) -> str:
+        """'cpu', 'gpu' or 'npu': the first device named (``AUTO:GPU,CPU`` -> gpu)."""
+        head = self.device.split(":", 1)[-1] if ":" in self.device else self.device
+        return head.split(",")[0].strip().lower()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Evaluation data: a ``.npz`` (inputs and labels by key) or a ``module:function`` loader."""
+
+    path: Path | None
+    loader: str | None
+    inputs: tuple[tuple[str, str], ...]
+    labels: str | None
+    batch_size: int = 64
+    speed_batch_size: int = 1
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    metric: str
+    dataset: Dataset
+    baseline: ModelRef
+    candidates: tuple[ModelRef, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: Path
+    name: str
+    policy: Policy
+    measure: Measure
+    models: tuple[ModelPlan, ...]
+    digest: str = field(default="")
+
+    def policy_for(self, candidate: ModelRef) -> Policy:
+        return self.policy.with_overrides(dict(candidate.policy_overrides))
+
+
+class _Table:
+    """A TOML table being validated; knows its file and key path for error messages."""
+
+    def __init__(self, data: Any, file: str, where: str) -> None:
+        if not isinstance(data, dict):
+            raise PlanError(file, where, f"expected a table, got {type(data).__name__}")
+        self.data, self.file, self.where = data, file, where
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def error(self, name: str, message: str, hint: str = "") -> PlanError:
+        return PlanError(self.file, self.key(name), message, hint=hint)
+
+    def check_keys(self, allowed: set[str]) -> None:
+        for name in self.data:
+            if name not in allowed:
+                raise self.error(
+                    name,
+                    f"unknown key{did_you_mean(name, allowed)}",
+                    hint=f"allowed keys here: {', '.join(sorted(allowed))}",
+                )
+
+    def get(self, name: str, typ: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise self.error(name, "required key is missing")
+            return default
+        value = self.data[name]
+        ok = isinstance(value, typ) and not (isinstance(value, bool) and typ in (int, float, (int, float)))
+        if not ok:
+            want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            raise self.error(name, f"expected {want}, got {type(value).__name__} {value!r}")
+        return value
+
+    def sub(self, name: str) -> _Table:
+        return _Table(self.get(name, dict), self.file, self.key(name))
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read, validate and freeze a plan. Raises PlanError naming the file and key."""
+    source = Path(path).resolve()
+    if not source.is_file():
+        raise PlanError(str(path), "(file)", "plan file not found", hint="pass --certify-plan PATH")
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(str(source), "(syntax)", f"not valid TOML: {exc}") from None
+    if source.name == "pyproject.toml":
+        raw = raw.get("tool", {}).get("certify")
+        if raw is None:
+            raise PlanError(str(source), "tool.certify", "no [tool.certify] table in this pyproject.toml")
+        return _parse(raw, source, "tool.certify")
+    return _parse(raw, source, "")
+
+
+def find_plan(rootdir: Path) -> Path | None:
+    """``certify.toml`` in rootdir, else a pyproject.toml that has ``[tool.certify]``."""
+    candidate = rootdir / "certify.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None
+        if "certify" in data.get("tool", {}):
+            return pyproject
+    return None
+
+
+def _parse(raw: Any, source: Path, where: str) -> Plan:
+    top = _Table(raw, str(source), where)
+    top.check_keys({"name", "policy", "measure", "models"})
+    models_raw = top.get("models", list)
+    if not models_raw:
+        raise top.error("models", "at least one [[models]] entry is required")
+    models = tuple(_model(_Table(m, top.file, f"{top.key('models')}[{i}]"), source.parent)
+                   for i, m in enumerate(models_raw))
+    _unique([m.name for m in models], top, "models", "model name")
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+    return Plan(
+        source=source,
+        name=top.get("name", str, source.stem),
+        policy=_policy(top),
+        measure=_measure(top),
+        models=models,
+        digest="sha256:" + digest,
+    )
+
+
+def _unique(names: list[str], table: _Table, key: str, what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise table.error(key, f"duplicate {what} {name!r}", hint=f"give each {what} its own name")
+        seen.add(name)
+
+
+def _policy(top: _Table) -> Policy:
+    value = top.get("policy", (str, dict), "edge-default")
+    table = _Table({"name": value} if isinstance(value, str) else value, top.file, top.key("policy"))
+    name = table.get("name", str, "edge-default")
+    if name not in POLICIES:
+        raise table.error("name", f"unknown policy {name!r}{did_you_mean(name, POLICIES)}",
+                          hint=f"known policies: {', '.join(POLICIES)}")
+    overrides = {k: v for k, v in table.data.items() if k != "name"}
+    return POLICIES[name].with_overrides(_overrides(table, overrides))
+
+
+def _overrides(table: _Table, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    table = _Table(dict(overrides), table.file, table.where)
+    table.check_keys(set(THRESHOLD_TYPES))
+    checked = {}
+    for key, typ in THRESHOLD_TYPES.items():
+        if key in table.data:
+            checked[key] = table.get(key, (int, float) if typ is float else typ)
+    if checked.get("decision", "lower_bound") not in ("lower_bound", "point"):
+        raise table.error("decision", "must be 'lower_bound' or 'point'")
+    return checked
+
+
+def _measure(top: _Table) -> Measure:
+    if "measure" not in top.data:
+        return Measure()
+    table = top.sub("measure")
+    defaults = Measure()
+    table.check_keys(set(defaults.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    for key in defaults.__dataclass_fields__:
+        default = getattr(defaults, key)
+        typ = (int, float) if isinstance(default, float) else int
+        value = table.get(key, typ, default)
+        if value < 0 or (key != "threads" and key != "seed" and value == 0):
+            raise table.error(key, f"must be positive, got {value!r}")
+        values[key] = value
+    if values["min_iterations"] > values["max_iterations"]:
+        raise table.error("min_iterations", "is larger than max_iterations")
+    if values["min_duration_s"] > values["max_duration_s"]:
+        raise table.error("min_duration_s", "is larger than max_duration_s")
+    return Measure(**values)
+
+
+def _model(table: _Table, base: Path) -> ModelPlan:
+    table.check_keys({"name", "metric", "dataset", "baseline", "candidates"})
+    metric = table.get("metric", str, "top1_accuracy")
+    if metric not in METRICS:
+        raise table.error("metric", f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}",
+                          hint=f"known metrics: {', '.join(METRICS)}")
+    cands_raw = table.get("candidates", list)
+    if not cands_raw:
+        raise table.error("candidates", "at least one candidate is required")
+    candidates = tuple(
+        _model_ref(_Table(c, table.file, f"{table.key('candidates')}[{i}]"), base, candidate=True)
+        for i, c in enumerate(cands_raw)
+    )
+    _unique([c.name for c in candidates], table, "candidates", "candidate name")
+    dataset = _dataset(table.sub("dataset"), base)
+    if METRICS[metric].needs_labels and dataset.labels is None:
+        raise table.error("dataset.labels", f"metric {metric!r} needs labels",
+                          hint="name the labels key, or use metric = 'top1_agreement'")
+    return ModelPlan(
+        name=table.get("name", str),
+        metric=metric,
+        dataset=dataset,
+        baseline=_model_ref(table.sub("baseline"), base, candidate=False),
+        candidates=candidates,
+    )
+
+
+def _existing_path(table: _Table, key: str, base: Path) -> Path:
+    path = (base / table.get(key, str)).resolve()
+    if not path.exists():
+        raise table.error(key, f"file not found: {path}", hint="paths are relative to the plan file's folder")
+    return path
+
+
+def _model_ref(table: _Table, base: Path, *, candidate: bool) -> ModelRef:
+    allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options"}
+    table.check_keys(allowed | ({"policy"} if candidate else set()))
+    framework = _framework(table)
+    device = table.get("device", str, "cpu")
+    platforms = _str_list(table, "platform")
+    for p in platforms:
+        if p not in PLATFORMS:
+            raise table.error("platform", f"unknown platform {p!r}{did_you_mean(p, PLATFORMS)}",
+                              hint=f"known platforms: {', '.join(PLATFORMS)}")
+    ref = ModelRef(
+        name=table.get("name", str) if candidate else table.get("name", str, "baseline"),
+        path=_existing_path(table, "path", base),
+        framework=framework,
+        device=device,
+        platforms=platforms,
+        providers=_str_list(table, "providers"),
+        threads=table.get("threads", int, 0),
+        options=_freeze(table.get("options", dict, {})),
+        policy_overrides=tuple(sorted(_overrides(table, table.get("policy", dict, {})).items()))
+        if candidate else (),
+    )
+    if ref.device_class not in DEVICES:
+        raise table.error("device", f"unknown device {device!r}{did_you_mean(device, DEVICES)}",
+                          hint="use cpu, gpu or npu (or AUTO:<list> / HETERO:<list> for OpenVINO)")
+    return ref
+
+
+def _framework(table: _Table) -> str:
+    from certify.backends import BACKENDS, registered_names
+
+    name = table.get("framework", str)
+    if ":" not in name and name not in BACKENDS and name not in registered_names():
+        known = sorted(set(BACKENDS) | set(registered_names()))
+        raise table.error("framework", f"unknown framework {name!r}{did_you_mean(name, known)}",
+                          hint=f"known frameworks: {', '.join(known)}; or a 'module:Class' backend")
+    return name
+
+
+def _str_list(table: _Table, key: str) -> tuple[str, ...]:
+    value = table.get(key, (str, list), [])
+    items = [value] if isinstance(value, str) else value
+    if not all(isinstance(v, str) for v in items):
+        raise table.error(key, f"expected a list of strings, got {value!r}")
+    return tuple(items)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _dataset(table: _Table, base: Path) -> Dataset:
+    table.check_keys({"path", "loader", "inputs", "labels", "batch_size", "speed_batch_size", "limit"})
+    if ("path" in table.data) == ("loader" in table.data):
+        raise table.error("path", "give exactly one of 'path' (a .npz file) or 'loader' ('module:function')")
+    path = _existing_path(table, "path", base) if "path" in table.data else None
+    loader = table.get("loader", str, None)
+    if loader is not None and ":" not in loader:
+        raise table.error("loader", f"expected 'module:function', got {loader!r}")
+    inputs_raw = table.get("inputs", (str, dict), "x")
+    inputs = (("", inputs_raw),) if isinstance(inputs_raw, str) else tuple(sorted(inputs_raw.items()))
+    dataset = Dataset(
+        path=path, loader=loader, inputs=inputs, labels=table.get("labels", str, "y"),
+        batch_size=_positive(table, "batch_size", 64), speed_batch_size=_positive(table, "speed_batch_size", 1),
+        limit=table.get("limit", int, 0),
+    )
+    if path is not None:
+        dataset = _check_npz_keys(table, path, dataset)
+    return dataset
+
+
+def _positive(table: _Table, key: str, default: int) -> int:
+    value: int = table.get(key, int, default)
+    if value <= 0:
+        raise table.error(key, f"must be a positive integer, got {value}")
+    return value
+
+
+def _check_npz_keys(table: _Table, path: Path, dataset: Dataset) -> Dataset:
+    """Every named key must be in the file; labels default to 'y' only where the file has it."""
+    import numpy as np
+
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+    except (OSError, ValueError) as exc:
+        raise table.error("path", f"cannot read {path} as .npz: {exc}") from None
+    for _, key in dataset.inputs:
+        if key not in keys:
+            raise table.error("inputs", f"key {key!r} not in {path.name}{did_you_mean(key, keys)}",
+                              hint=f"keys in the file: {', '.join(sorted(keys))}")
+    if dataset.labels is not None and dataset.labels not in keys:
+        if "labels" not in table.data:
+            return replace(dataset, labels=None)
+        raise table.error("labels", f"key {dataset.labels!r} not in {path.name}{did_you_mean(dataset.labels, keys)}",
+                          hint=f"keys in the file: {', '.join(sorted(keys))}")
+    return dataset

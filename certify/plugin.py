@@ -1,0 +1,222 @@
+"""The pytest plugin: options, markers, parametrization from the plan, fixtures, terminal summary, results.
+
+Registered through the ``pytest11`` entry point, so it is active in every session of an environment that has
+the package installed; it stays inert until a certification suite asks for ``certify_case``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certify.cases import Case, cases_for
+from certify.errors import CertifyError
+from certify.gates import ERROR, FAIL, NOT_EVALUATED, GateResult
+from certify.hardware import GATES, MARKER_HELP, detect_host
+from certify.plan import Plan, find_plan, load_plan
+
+CASE_PROPERTY, RESULT_PROPERTY = "certify.case", "certify.result"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class SessionState:
+    """Per-session state, kept in ``config.stash``."""
+
+    config: pytest.Config
+    run_id: str
+    report_root: Path
+    plan_path: Path | None = None
+    started: float = field(default_factory=time.time)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    interrupted: bool = False
+    _plan: Plan | None = None
+    _run: Any = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.report_root / self.run_id
+
+    def plan(self) -> Plan:
+        """The plan: --certify-plan, else certify.toml / [tool.certify] in rootdir, else the embedded demo."""
+        if self._plan is None:
+            path = self.plan_path
+            if path is None:
+                from certify.fixtures import demo
+
+                path = demo.ensure_built()
+            self._plan = _load(path, self.config.getoption("certify_decision"))
+        return self._plan
+
+    def run(self) -> Any:
+        if self._run is None:
+            from certify.runner import CertificationRun
+
+            self._run = CertificationRun(self.plan(), self.run_dir, detect_host(), self.run_id)
+        return self._run
+
+
+STATE = pytest.StashKey[SessionState]()
+
+
+def _load(path: Path, decision: str | None) -> Plan:
+    try:
+        plan = load_plan(path)
+    except CertifyError as exc:
+        raise pytest.UsageError(f"certification plan: {exc.diagnostics()}") from None
+    if decision:
+        from dataclasses import replace
+
+        plan = replace(plan, policy=plan.policy.with_overrides({"decision": decision}))
+    return plan
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("certify", "edge-AI model certification")
+    group.addoption("--certify-plan", default=None, metavar="PATH",
+                    help="certification plan (TOML; certify.toml or a pyproject.toml with [tool.certify]). "
+                    "Default: certify.toml in rootdir, else the embedded demo plan.")
+    group.addoption("--certify-report-dir", default="reports", metavar="DIR",
+                    help="where runs write reports/<run-id>/ (default: reports)")
+    group.addoption("--certify-run-id", default=None, metavar="ID", help="name of this run's folder")
+    group.addoption("--certify-decision", default=None, choices=("lower_bound", "point"),
+                    help="decide gates on the interval's bound (default) or the point estimate")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKER_HELP.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    workerinput = getattr(config, "workerinput", None)
+    run_id = (workerinput or {}).get("certify_run_id") or config.getoption("certify_run_id") or new_run_id()
+    root = Path(config.getoption("certify_report_dir"))
+    explicit = config.getoption("certify_plan")
+    plan_path = Path(explicit) if explicit else find_plan(config.rootpath)
+    state = SessionState(config, run_id, root if root.is_absolute() else config.rootpath / root, plan_path)
+    config.stash[STATE] = state
+    if workerinput is None:
+        config.pluginmanager.register(CertifyReporter(state), "certify-reporter")
+    if plan_path is not None:
+        state._plan = _load(plan_path, config.getoption("certify_decision"))  # fail fast on a bad plan
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker writes into the controller's run folder."""
+    node.workerinput["certify_run_id"] = node.config.stash[STATE].run_id
+
+
+def _gate_of(metafunc: pytest.Metafunc) -> str:
+    found = [m.name for m in metafunc.definition.iter_markers() if m.name in GATES]
+    if len(found) != 1:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: a certification test needs exactly one gate "
+                                f"marker ({', '.join(GATES)}), found {found or 'none'}")
+    return found[0]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "certify_case" not in metafunc.fixturenames:
+        return
+    plan = metafunc.config.stash[STATE].plan()
+    params = [pytest.param(case, id=case.id, marks=[getattr(pytest.mark, m) for m in case.markers()])
+              for case in cases_for(plan, _gate_of(metafunc))]
+    metafunc.parametrize("certify_case", params, indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and isinstance(callspec.params.get("certify_case"), Case):
+            item.user_properties.append((CASE_PROPERTY, json.dumps(callspec.params["certify_case"].describe())))
+
+
+@pytest.fixture
+def certify_case(request: pytest.FixtureRequest) -> Case:
+    """The (model, candidate, gate) under test, from the plan."""
+    case: Case = request.param
+    return case
+
+
+@pytest.fixture
+def certify_gate(request: pytest.FixtureRequest) -> Callable[[Case], GateResult]:
+    """Evaluate a case's gate: skip when it cannot be evaluated here, fail with the reason when it fails."""
+    state = request.config.stash[STATE]
+
+    def check(case: Case) -> GateResult:
+        result = state.run().evaluate(case, request.node.nodeid)
+        request.node.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict(), default=str)))
+        if result.verdict == NOT_EVALUATED:
+            pytest.skip(f"NOT EVALUATED: {result.reason}")
+        if result.verdict in (FAIL, ERROR):
+            pytest.fail(result.message(), pytrace=False)
+        return result
+
+    return check
+
+
+class CertifyReporter:
+    """Collects every case's outcome (also from xdist workers, through user_properties) and writes
+    ``results.json`` and the terminal summary on the controller."""
+
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if CASE_PROPERTY not in props:
+            return
+        entry = self.state.entries.setdefault(report.nodeid, {**json.loads(props[CASE_PROPERTY]),
+                                                              "nodeid": report.nodeid})
+        if RESULT_PROPERTY in props:
+            entry["result"] = json.loads(props[RESULT_PROPERTY])
+        elif "result" not in entry and report.outcome != "passed":
+            verdict = NOT_EVALUATED if report.skipped else ERROR
+            text = report.longreprtext.strip().splitlines()[-1] if report.longreprtext.strip() else report.outcome
+            entry["result"] = GateResult(entry["gate"], verdict, f"{report.when}: {text}").to_dict()
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.state.interrupted = True
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [e for e in self.state.entries.values() if "result" in e]
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.entries():
+            return
+        from certify.environment import package_versions
+        from certify.evidence import RESULTS_FILE, write_json_atomic
+        from certify.report.results import build_results
+
+        state, plan = self.state, self.state.plan()
+        document = build_results(
+            run_id=state.run_id, host=detect_host().to_dict(), packages=package_versions(), entries=self.entries(),
+            plan={"name": plan.name, "source": str(plan.source), "digest": plan.digest,
+                  "policy": plan.policy.to_dict()},
+            started=state.started, finished=time.time(), complete=not state.interrupted and exitstatus in (0, 1),
+        )
+        write_json_atomic(state.run_dir / RESULTS_FILE, document)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        entries = self.entries()
+        if not entries:
+            return
+        from certify.report.results import matrix_lines, not_evaluated_groups
+
+        tr, host = terminalreporter, detect_host()
+        tr.section("certification summary")
+        tr.write_line(f"host: {host.describe()} [{host.fingerprint}]")
+        for line in matrix_lines(entries, GATES):
+            tr.write_line(line)
+        for (case, reason), gates in not_evaluated_groups(entries).items():
+            tr.write_line(f"NOT EVALUATED {case} ({', '.join(gates)}): {reason}")
+        tr.write_line(f"results: {os.path.relpath(self.state.run_dir)}/results.json (evidence: evidence.jsonl)")

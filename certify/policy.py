@@ -1,0 +1,60 @@
+"""Named gate policies. A policy is frozen and has a digest that goes into the evidence and certificate."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DECISION_RULES = ("lower_bound", "point")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds of every gate and the rule that turns an interval into a verdict.
+
+    ``decision = "lower_bound"`` passes a gate only when the whole confidence interval clears the
+    threshold (the conservative default); ``"point"`` decides on the point estimate.
+    """
+
+    name: str
+    min_accuracy_retention: float = 0.95
+    min_speedup: float = 2.0
+    min_memory_reduction: float = 0.5
+    max_p99_over_p50: float = 3.0
+    max_cv: float = 0.5
+    max_drift: float = 0.25
+    decision: str = "lower_bound"
+    confidence: float = 0.95
+
+    def thresholds(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+
+    def digest(self) -> str:
+        canonical = json.dumps({"name": self.name, **self.thresholds()}, sort_keys=True)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Policy:
+        """A derived policy; its name records that it was overridden."""
+        if not overrides:
+            return self
+        name = self.name if self.name.endswith("+overrides") else self.name + "+overrides"
+        return dataclasses.replace(self, name=name, **dict(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": self.digest(), "thresholds": self.thresholds()}
+
+
+POLICIES: dict[str, Policy] = {
+    "edge-default": Policy(name="edge-default"),
+    "edge-strict": Policy(
+        name="edge-strict", min_accuracy_retention=0.99, max_p99_over_p50=2.0, max_cv=0.25, max_drift=0.1
+    ),
+}
+
+THRESHOLD_TYPES: dict[str, type] = {
+    f.name: float for f in dataclasses.fields(Policy) if f.name not in ("name", "decision")
+} | {"decision": str}

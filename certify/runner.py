@@ -1,0 +1,145 @@
+"""Evaluate one certification case: decide whether it can run here, measure it in isolated workers
+(serialized for speed and memory), turn the measurement into a verdict, and append the evidence."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from certify import gates
+from certify.backends import install_hint, resolve_backend
+from certify.cases import Case, safe_name
+from certify.errors import CertifyError
+from certify.evidence import EvidenceStore
+from certify.gates import GateResult
+from certify.hardware import Host
+from certify.measure import accuracy, dataset, footprint, speed
+from certify.metrics import METRICS
+from certify.plan import ModelPlan, ModelRef, Plan
+
+EXCLUSIVE_GATES = ("speed", "stability", "memory")
+
+
+class CertificationRun:
+    def __init__(self, plan: Plan, run_dir: Path, host: Host, run_id: str) -> None:
+        self.plan, self.host, self.run_id = plan, host, run_id
+        self.store = EvidenceStore(run_dir)
+
+    def evaluate(self, case: Case, nodeid: str = "") -> GateResult:
+        """Never raises for a measurement problem: every outcome becomes a GateResult with its reason."""
+        started = time.time()
+        measurement: dict[str, Any] = {}
+        reason = self.why_not_evaluated(case)
+        lock_wait = 0.0
+        if reason:
+            result = gates.not_evaluated(case.gate, reason)
+        else:
+            with self.store.measurement_lock(exclusive=case.gate in EXCLUSIVE_GATES) as lock_wait:
+                result = self._measure(case, measurement)
+        self.store.append({
+            "run_id": self.run_id, "nodeid": nodeid, **case.describe(), "result": result.to_dict(),
+            "measurement": measurement, "host_fingerprint": self.host.fingerprint,
+            "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started, "finished": time.time(),
+            "serialized": case.gate in EXCLUSIVE_GATES, "lock_wait_s": lock_wait,
+        })
+        return result
+
+    def _measure(self, case: Case, measurement: dict[str, Any]) -> GateResult:
+        try:
+            return GATES[case.gate](self, case, measurement)
+        except dataset.DatasetError as exc:
+            return gates.errored(case.gate, exc.diagnostics())
+        except CertifyError as exc:
+            if exc.role == "baseline":
+                return gates.errored(case.gate, f"baseline {case.model.baseline.name!r} failed: {exc.message}",
+                                     hint="fix the baseline first: every candidate is compared with it")
+            return gates.GateResult(case.gate, gates.FAIL, f"candidate {case.candidate.name!r} failed: "
+                                    f"{exc.message}", hint=exc.hint or self.hint(case))
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one run object per session
+    def why_not_evaluated(self, case: Case) -> str:
+        """'' when the case can run here, else what was detected and what to do."""
+        wanted = case.candidate.platforms
+        if wanted and not set(wanted) & set(self.host.platforms):
+            return (f"target platform {'/'.join(wanted)} not present on this host: {self.host.describe()}; "
+                    f"run it on a host of that platform")
+        for role, ref in (("candidate", case.candidate), ("baseline", case.model.baseline)):
+            problem = self._cannot_run(ref)
+            if problem:
+                return f"{role} {ref.name!r}: {problem}"
+        return ""
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _cannot_run(self, ref: ModelRef) -> str:
+        try:
+            backend = resolve_backend(ref.framework)
+            ok, detail = backend.available_devices(ref)
+        except CertifyError as exc:
+            return f"framework {ref.framework!r} unavailable: {exc.message}; install: {install_hint(ref.framework)}"
+        if not ok:
+            return f"device {ref.device!r} not available: {detail}; install: {backend.install_hint}"
+        return ""
+
+    def hint(self, case: Case) -> str:
+        try:
+            return str(resolve_backend(case.candidate.framework).hints.get(case.gate, ""))
+        except CertifyError:
+            return ""
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019
+    def data(self, model: ModelPlan) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        return dataset.load_dataset(model.dataset)
+
+    def accuracy(self, case: Case, measurement: dict[str, Any]) -> GateResult:
+        inputs, labels = self.data(case.model)
+        bs, measure = case.model.dataset.batch_size, self.plan.measure
+        base_out = self.store.cached_array(
+            safe_name(case.model.name) + "-baseline-outputs",
+            lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure)[0])
+        cand_out, where = accuracy.predict("candidate", case.candidate, inputs, bs, measure)
+        policy = self.plan.policy_for(case.candidate)
+        if base_out.shape != cand_out.shape:
+            raise CertifyError(f"its output shape {cand_out.shape} differs from the baseline's {base_out.shape}",
+                               hint="the candidate must compute the same outputs as its baseline")
+        result = accuracy.evaluate(METRICS[case.model.metric], base_out, cand_out, labels, measure, policy.confidence)
+        measurement.update(result, candidate_where=where)
+        return gates.accuracy_gate(result, policy, self.hint(case))
+
+    def paired_speed(self, case: Case) -> dict[str, Any]:
+        policy = self.plan.policy_for(case.candidate)
+        feeds = dataset.speed_batch(self.data(case.model)[0], case.model.dataset.speed_batch_size)
+        return self.store.cached_json(f"{case.key}-speed", lambda: speed.measure_speed(
+            case.model.baseline, case.candidate, feeds, self.plan.measure, policy.min_speedup, policy.confidence))
+
+    def speed(self, case: Case, measurement: dict[str, Any]) -> GateResult:
+        run = self.paired_speed(case)
+        measurement.update(run)
+        return gates.speed_gate(run, self.plan.policy_for(case.candidate), self.hint(case))
+
+    def stability(self, case: Case, measurement: dict[str, Any]) -> GateResult:
+        run = self.paired_speed(case)
+        measurement.update({k: run[k] for k in ("candidate", "samples", "duration_s", "stop_reason")},
+                           candidate_ns=run["candidate_ns"])
+        return gates.stability_gate(run, self.plan.policy_for(case.candidate), self.hint(case))
+
+    def memory(self, case: Case, measurement: dict[str, Any]) -> GateResult:
+        feeds = dataset.speed_batch(self.data(case.model)[0], case.model.dataset.speed_batch_size)
+        measure = self.plan.measure
+        base = self.store.cached_json(safe_name(case.model.name) + "-baseline-memory",
+                                      lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure))
+        cand = footprint.measure_memory("candidate", case.candidate, feeds, measure)
+        measurement.update(baseline=base, candidate=cand)
+        return gates.memory_gate(base, cand, self.plan.policy_for(case.candidate), self.hint(case))
+
+
+GATES: dict[str, Callable[[CertificationRun, Case, dict[str, Any]], GateResult]] = {
+    "accuracy": CertificationRun.accuracy,
+    "speed": CertificationRun.speed,
+    "stability": CertificationRun.stability,
+    "memory": CertificationRun.memory,
+}
