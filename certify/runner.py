@@ -37,14 +37,16 @@ class CertificationRun:
         reason = self.why_not_evaluated(case)
         lock_wait = 0.0
         if reason:
-            result = gates.not_evaluated(case.gate, reason)
+            result, finished = gates.not_evaluated(case.gate, reason), started
         else:
             with self.store.measurement_lock(exclusive=case.gate in EXCLUSIVE_GATES) as lock_wait:
+                started = time.time()  # the measurement window is the time the lock is held
                 result = self._measure(case, measurement)
+                finished = time.time()
         self.store.append({
             "run_id": self.run_id, "nodeid": nodeid, **case.describe(), "result": result.to_dict(),
             "measurement": measurement, "host_fingerprint": self.host.fingerprint,
-            "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started, "finished": time.time(),
+            "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started, "finished": finished,
             "serialized": case.gate in EXCLUSIVE_GATES, "lock_wait_s": lock_wait,
         })
         return result

@@ -1,0 +1,87 @@
+"""The embedded demo, certified for real: good INT8 candidates pass, the bad one is refused with a
+helpful message, and cases for hardware this host does not have are NOT EVALUATED, never passed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import Outcome, run_certification
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("sklearn")
+
+GOOD = ("int8-dynamic", "int8-static-qdq")
+ABSENT = {"int8-static-qdq-cuda": "nvidia", "int8-static-qdq-intel": "intel"}
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_plan: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    """The demo certified once; the tests below read its outcome."""
+    return run_certification(tmp_path_factory.mktemp("demo"), demo_plan)
+
+
+def test_good_candidates_pass_accuracy_and_memory(demo_run: Outcome) -> None:
+    v = demo_run.verdicts()
+    for name in GOOD:
+        assert v[(name, "accuracy")]["verdict"] == "pass", v[(name, "accuracy")]
+        assert v[(name, "accuracy")]["value"] >= 0.95
+        assert v[(name, "memory")]["verdict"] == "pass", v[(name, "memory")]
+
+
+def test_bad_candidate_fails_accuracy_with_a_helpful_message(demo_run: Outcome) -> None:
+    bad = demo_run.verdicts()[("int8-static-badcalib", "accuracy")]
+    assert bad["verdict"] == "fail"
+    assert bad["value"] < 0.95 and bad["interval"][0] <= bad["value"] <= bad["interval"][1]
+    assert bad["threshold"] == 0.95 and "retention" in bad["reason"] and "calibrat" in bad["hint"]
+    assert "accuracy gate FAIL" in demo_run.stdout and "hint: calibrate" in demo_run.stdout
+    assert demo_run.results["candidates"]["digits-mlp/int8-static-badcalib"] == "not_certified"
+
+
+def test_speed_verdicts_are_decided_on_intervals(demo_run: Outcome) -> None:
+    for name in (*GOOD, "int8-static-badcalib"):
+        speed = demo_run.verdicts()[(name, "speed")]
+        assert speed["verdict"] in ("pass", "fail")
+        low, high = speed["interval"]
+        assert low <= speed["value"] <= high and speed["threshold"] == 2.0
+        assert (speed["verdict"] == "pass") == (low >= 2.0)  # the lower bound decides by default
+    speed_records = [r for r in demo_run.evidence()
+                     if r["gate"] == "speed" and r["result"]["verdict"] != "not_evaluated"]
+    assert speed_records and all(r["serialized"] for r in speed_records)
+    m = speed_records[0]["measurement"]
+    assert m["order"] == "ABBA" and m["stop_reason"] in ("decisive", "max_duration", "max_iterations")
+    assert len(m["baseline_ns"]) == len(m["candidate_ns"]) == m["samples"] > 0
+
+
+def test_absent_hardware_is_not_evaluated_with_the_reason(demo_run: Outcome) -> None:
+    v = demo_run.verdicts()
+    for name, platform in ABSENT.items():
+        for gate in ("accuracy", "speed", "memory", "stability"):
+            entry = v[(name, gate)]
+            assert entry["verdict"] == "not_evaluated"
+            assert f"target platform {platform} not present on this host" in entry["reason"]
+        assert demo_run.results["candidates"][f"digits-mlp/{name}"] == "incomplete"
+    assert "NOT EVALUATED digits-mlp/int8-static-qdq-cuda" in demo_run.stdout
+
+
+def test_results_document_has_schema_host_and_versions(demo_run: Outcome) -> None:
+    results = demo_run.results
+    assert demo_run.returncode == 1  # the bad candidate fails: the run must not pass as a whole
+    assert results["schema"] == "certify.results/v1" and results["complete"] is True
+    assert results["host"]["fingerprint"].startswith("sha256:")
+    assert "onnxruntime" in results["packages"] and "edge-certify" in results["packages"]
+    assert results["plan"]["policy"]["name"] == "edge-default"
+    assert "certification summary" in demo_run.stdout
+
+
+@pytest.mark.parametrize(("marker", "candidate"), [("intel", "int8-static-qdq-intel"),
+                                                    ("nvidia", "int8-static-qdq-cuda")])
+def test_platform_marker_selects_its_cases_and_skips_them_here(
+        demo_plan: Path, tmp_path: Path, marker: str, candidate: str) -> None:
+    outcome = run_certification(tmp_path, demo_plan, "-m", marker)
+    assert outcome.returncode == 0, outcome.stdout
+    assert "4 skipped" in outcome.stdout and "passed" not in outcome.stdout.splitlines()[-1]
+    assert {c["candidate"] for c in outcome.results["cases"]} == {candidate}
+    assert all(c["result"]["verdict"] == "not_evaluated" for c in outcome.results["cases"])
+    assert f"NOT EVALUATED: target platform {marker} not present on this host" in outcome.stdout

@@ -1,0 +1,31 @@
+"""Backends that misbehave on purpose, named in test plans as ``framework = "tests.helpers.faulty:Class"``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from certify.backends.onnxruntime import OnnxRuntimeBackend
+
+
+class SegfaultOnLoad(OnnxRuntimeBackend):
+    """Dies with SIGSEGV while loading, like a native runtime crash."""
+
+    name: ClassVar[str] = "segfault"
+
+    def load(self) -> None:
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class HangOnInfer(OnnxRuntimeBackend):
+    """Loads, then never returns from inference."""
+
+    name: ClassVar[str] = "hang"
+
+    def infer(self, feeds: Any) -> list[np.ndarray]:
+        time.sleep(3600)
+        return []

@@ -1,0 +1,183 @@
+"""certify.measure.stats: latency summaries, paired bootstrap intervals and drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from certify.measure import stats
+
+RESAMPLES = 1000
+
+
+def _paired(n: int, ratio: float, seed: int, sigma: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline ~ lognormal * ratio ms, candidate ~ lognormal * 1 ms (in ns), independent noise."""
+    rng = np.random.default_rng(seed)
+    base = 1e6 * ratio * rng.lognormal(0.0, sigma, n)
+    cand = 1e6 * rng.lognormal(0.0, sigma, n)
+    return base, cand
+
+
+def _ratio(base: np.ndarray, cand: np.ndarray, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    return stats.ratio_of_medians(base, cand, resamples=RESAMPLES, seed=seed, confidence=0.95)
+
+
+# --- summarize -------------------------------------------------------------------------------------------
+
+
+def test_summarize_known_array_in_ms() -> None:
+    times_ns = np.arange(1, 101, dtype=np.int64) * 1_000_000  # 1..100 ms
+    s = stats.summarize(times_ns)
+    # numpy linear interpolation on 1..100: p = 1 + 99 * q
+    assert s["p50_ms"] == pytest.approx(50.5)
+    assert s["p90_ms"] == pytest.approx(90.1)
+    assert s["p95_ms"] == pytest.approx(95.05)
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["mean_ms"] == pytest.approx(50.5)
+    # sample stdev (ddof=1) of 1..n is sqrt(n(n+1)/12) = sqrt(841.67)
+    assert s["stdev_ms"] == pytest.approx(np.sqrt(100 * 101 / 12))
+    assert s["cv"] == pytest.approx(np.sqrt(100 * 101 / 12) / 50.5)
+    assert (s["min_ms"], s["max_ms"], s["n"]) == (1.0, 100.0, 100.0)
+
+
+def test_summarize_does_not_depend_on_order() -> None:
+    times = np.random.default_rng(1).lognormal(14, 0.3, 500)
+    shuffled = np.random.default_rng(2).permutation(times)
+    assert stats.summarize(times) == pytest.approx(stats.summarize(shuffled))
+
+
+def test_summarize_single_sample_has_zero_spread() -> None:
+    s = stats.summarize(np.array([5_000_000]))
+    assert s["p50_ms"] == s["p99_ms"] == s["mean_ms"] == 5.0
+    assert s["stdev_ms"] == 0.0 and s["cv"] == 0.0 and s["n"] == 1.0
+
+
+def test_summarize_empty_is_empty_dict() -> None:
+    assert stats.summarize(np.array([])) == {}
+
+
+# --- ratio_of_medians --------------------------------------------------------------------------------------
+
+
+def test_ratio_of_medians_recovers_known_speedup() -> None:
+    base, cand = _paired(2000, 3.0, seed=0)
+    point, (low, high) = _ratio(base, cand)
+    assert point == pytest.approx(3.0, rel=0.03)
+    assert low <= point <= high
+    assert low < 3.0 < high
+    assert 2.0 < low and high < 4.0
+
+
+def test_ratio_of_medians_interval_is_roughly_calibrated() -> None:
+    """Over 40 independent runs a 95% interval should cover the true ratio in most of them."""
+    covered = 0
+    for seed in range(40):
+        base, cand = _paired(300, 3.0, seed=100 + seed)
+        _, (low, high) = stats.ratio_of_medians(base, cand, resamples=400, seed=seed, confidence=0.95)
+        covered += low <= 3.0 <= high
+    assert covered >= 33
+
+
+def test_ratio_of_medians_no_speedup_interval_contains_one() -> None:
+    base, cand = _paired(1000, 1.0, seed=11)
+    point, (low, high) = _ratio(base, cand)
+    assert point == pytest.approx(1.0, rel=0.05)
+    assert low < 1.0 < high
+
+
+def test_ratio_of_medians_interval_narrows_with_more_samples() -> None:
+    base, cand = _paired(2000, 3.0, seed=3)
+    _, (lo_small, hi_small) = _ratio(base[:100], cand[:100])
+    _, (lo_big, hi_big) = _ratio(base, cand)
+    # width shrinks ~ 1/sqrt(n): sqrt(20) ~ 4.5x; demand at least 2x
+    assert (hi_big - lo_big) < (hi_small - lo_small) / 2
+
+
+def test_ratio_of_medians_is_deterministic_for_a_seed() -> None:
+    base, cand = _paired(500, 2.0, seed=5)
+    assert _ratio(base, cand, seed=42) == _ratio(base, cand, seed=42)
+    assert _ratio(base, cand, seed=42)[1] != _ratio(base, cand, seed=43)[1]
+
+
+def test_ratio_of_medians_pairing_cancels_common_drift() -> None:
+    """A drift factor shared by each pair cancels under paired resampling; breaking the pairs widens the CI."""
+    rng = np.random.default_rng(9)
+    n = 400
+    shared = rng.lognormal(0.0, 0.5, n)  # machine speed varies a lot over the run
+    base = 3e6 * shared * rng.lognormal(0.0, 0.02, n)
+    cand = 1e6 * shared * rng.lognormal(0.0, 0.02, n)
+    _, (lo_p, hi_p) = _ratio(base, cand)
+    _, (lo_u, hi_u) = _ratio(base, rng.permutation(cand))
+    assert lo_p < 3.0 < hi_p
+    assert (hi_p - lo_p) < (hi_u - lo_u) / 2
+
+
+def test_ratio_of_medians_uses_the_common_prefix_of_unequal_runs() -> None:
+    base, cand = _paired(300, 2.0, seed=4)
+    longer = np.concatenate([base, np.full(100, 1e12)])  # trailing unpaired samples must be ignored
+    assert _ratio(longer, cand) == _ratio(base, cand)
+
+
+# --- paired_statistic --------------------------------------------------------------------------------------
+
+
+def _mean(rows: np.ndarray) -> np.ndarray:
+    return rows.mean(axis=-1)
+
+
+def test_paired_statistic_ratio_of_means() -> None:
+    base = np.ones(200)
+    cand = np.ones(200)
+    cand[np.random.default_rng(0).choice(200, 40, replace=False)] = 0.0  # 80% kept
+    point, (low, high) = stats.paired_statistic(_mean, base, cand, lambda b, c: c / b,
+                                                resamples=RESAMPLES, seed=0, confidence=0.95)
+    assert point == pytest.approx(0.8)
+    assert low < 0.8 < high
+    assert 0.7 < low and high < 0.9
+
+
+def test_paired_statistic_identical_scores_give_a_degenerate_interval() -> None:
+    scores = np.random.default_rng(1).integers(0, 2, 100).astype(float)
+    scores[0] = 1.0
+    point, interval = stats.paired_statistic(_mean, scores, scores.copy(), lambda b, c: c - b,
+                                             resamples=RESAMPLES, seed=0, confidence=0.95)
+    assert point == 0.0 and interval == (0.0, 0.0)
+
+
+def test_paired_statistic_drops_non_finite_resamples() -> None:
+    # baseline mean is 0 in resamples that miss its single 1 -> c/b is inf/nan there; interval stays finite
+    base = np.zeros(10)
+    base[0] = 1.0
+    cand = base.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point, (low, high) = stats.paired_statistic(_mean, base, cand, lambda b, c: c / b,
+                                                    resamples=RESAMPLES, seed=0, confidence=0.95)
+    assert point == 1.0
+    assert np.isfinite(low) and np.isfinite(high) and low == high == 1.0
+
+
+# --- drift -------------------------------------------------------------------------------------------------
+
+
+def test_drift_detects_a_slowdown_in_the_last_quarter() -> None:
+    rng = np.random.default_rng(2)
+    times = 1e6 * rng.lognormal(0.0, 0.02, 400)
+    times[300:] *= 1.5
+    assert stats.drift(times) == pytest.approx(0.5, abs=0.03)
+
+
+def test_drift_of_a_flat_series_is_about_zero() -> None:
+    times = 1e6 * np.random.default_rng(3).lognormal(0.0, 0.05, 400)
+    assert abs(stats.drift(times)) < 0.02
+
+
+def test_drift_is_negative_when_the_run_speeds_up() -> None:
+    times = np.full(100, 2e6)
+    times[75:] = 1e6
+    assert stats.drift(times) == pytest.approx(-0.5)
+
+
+def test_drift_ignores_the_middle_of_the_run() -> None:
+    times = np.full(100, 1e6)
+    times[30:70] = 9e6
+    assert stats.drift(times) == 0.0
