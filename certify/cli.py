@@ -59,7 +59,8 @@ def cmd_doctor(ns: argparse.Namespace, extra: list[str]) -> int:
             backends[name] = "available"
         except CertifyError as exc:
             backends[name] = f"unavailable: {exc.diagnostics()}"
-    report = {"host": detect_host().to_dict(), "backends": backends, "packages": package_versions()}
+    packages = package_versions()
+    report = {"host": detect_host().to_dict(), "backends": backends, "packages": packages}
     if ns.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
@@ -67,7 +68,7 @@ def cmd_doctor(ns: argparse.Namespace, extra: list[str]) -> int:
     print(f"host: {host.describe()}\nfingerprint: {host.fingerprint}\ndevices: {', '.join(host.devices)}")
     for name, status in backends.items():
         print(f"backend {name}: {status}")
-    print("packages: " + ", ".join(f"{k} {v}" for k, v in report["packages"].items()))
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in packages.items()))
     return 0
 
 

@@ -108,7 +108,7 @@ class EvidenceStore:
         path = self.run_dir / "cache" / f"{key}.npy"
         with file_lock(path.with_suffix(".lock")):
             if path.exists():
-                return np.load(path, allow_pickle=False)
+                return np.asarray(np.load(path, allow_pickle=False))
             value = compute()
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, value, allow_pickle=False)

@@ -25,42 +25,42 @@ class Metric:
     def reduce(self, scores: np.ndarray, axis: int = -1) -> np.ndarray:
         """Mean over samples (vectorised over bootstrap rows when scores is 2-D)."""
         mean = scores.mean(axis=axis)
-        return np.sqrt(mean) if self.root_mean else mean
+        return np.asarray(np.sqrt(mean) if self.root_mean else mean)
 
     def value(self, outputs: np.ndarray, labels: np.ndarray | None, baseline: np.ndarray) -> float:
         return float(self.reduce(self.per_sample(outputs, labels, baseline)))
 
 
 def _flat(outputs: np.ndarray) -> np.ndarray:
-    return outputs.reshape(outputs.shape[0], -1).astype(np.float64)
+    return np.asarray(outputs.reshape(outputs.shape[0], -1), dtype=np.float64)
 
 
 def _top1(outputs: np.ndarray, labels: np.ndarray | None, _: np.ndarray) -> np.ndarray:
     assert labels is not None
-    return (_flat(outputs).argmax(axis=1) == labels.reshape(-1)).astype(np.float64)
+    return np.asarray(_flat(outputs).argmax(axis=1) == labels.reshape(-1), dtype=np.float64)
 
 
 def _top5(outputs: np.ndarray, labels: np.ndarray | None, _: np.ndarray) -> np.ndarray:
     assert labels is not None
     top = np.argsort(-_flat(outputs), axis=1)[:, :5]
-    return (top == labels.reshape(-1, 1)).any(axis=1).astype(np.float64)
+    return np.asarray((top == labels.reshape(-1, 1)).any(axis=1), dtype=np.float64)
 
 
 def _agreement(outputs: np.ndarray, _: np.ndarray | None, baseline: np.ndarray) -> np.ndarray:
-    return (_flat(outputs).argmax(axis=1) == _flat(baseline).argmax(axis=1)).astype(np.float64)
+    return np.asarray(_flat(outputs).argmax(axis=1) == _flat(baseline).argmax(axis=1), dtype=np.float64)
 
 
 def _cosine(outputs: np.ndarray, _: np.ndarray | None, baseline: np.ndarray) -> np.ndarray:
     a, b = _flat(outputs), _flat(baseline)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     dots = (a * b).sum(axis=1)
-    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), (a == b).all(axis=1)).astype(np.float64)
+    return np.asarray(np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), (a == b).all(axis=1)), np.float64)
 
 
 def _squared_error(outputs: np.ndarray, labels: np.ndarray | None, _: np.ndarray) -> np.ndarray:
     assert labels is not None
     diff = _flat(outputs) - labels.reshape(labels.shape[0], -1).astype(np.float64)
-    return (diff**2).mean(axis=1)
+    return np.asarray((diff**2).mean(axis=1), dtype=np.float64)
 
 
 METRICS: dict[str, Metric] = {

@@ -276,7 +276,8 @@ def _model(table: _Table, base: Path) -> ModelPlan:
 
 
 def _existing_path(table: _Table, key: str, base: Path) -> Path:
-    path = (base / table.get(key, str)).resolve()
+    relative: str = table.get(key, str)
+    path = (base / relative).resolve()
     if not path.exists():
         raise table.error(key, f"file not found: {path}", hint="paths are relative to the plan file's folder")
     return path
@@ -313,7 +314,7 @@ def _model_ref(table: _Table, base: Path, *, candidate: bool) -> ModelRef:
 def _framework(table: _Table) -> str:
     from certify.backends import BACKENDS, registered_names
 
-    name = table.get("framework", str)
+    name: str = table.get("framework", str)
     if ":" not in name and name not in BACKENDS and name not in registered_names():
         known = sorted(set(BACKENDS) | set(registered_names()))
         raise table.error("framework", f"unknown framework {name!r}{did_you_mean(name, known)}",

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,6 +22,9 @@ from certify.errors import CertifyError
 from certify.gates import ERROR, FAIL, NOT_EVALUATED, GateResult
 from certify.hardware import GATES, MARKER_HELP, detect_host
 from certify.plan import Plan, find_plan, load_plan
+
+if TYPE_CHECKING:
+    from certify.runner import CertificationRun
 
 CASE_PROPERTY, RESULT_PROPERTY = "certify.case", "certify.result"
 
@@ -42,7 +45,7 @@ class SessionState:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
     _plan: Plan | None = None
-    _run: Any = None
+    _run: CertificationRun | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -59,7 +62,7 @@ class SessionState:
             self._plan = _load(path, self.config.getoption("certify_decision"))
         return self._plan
 
-    def run(self) -> Any:
+    def run(self) -> CertificationRun:
         if self._run is None:
             from certify.runner import CertificationRun
 
@@ -175,10 +178,10 @@ class CertifyReporter:
         props = dict(report.user_properties)
         if CASE_PROPERTY not in props:
             return
-        entry = self.state.entries.setdefault(report.nodeid, {**json.loads(props[CASE_PROPERTY]),
+        entry = self.state.entries.setdefault(report.nodeid, {**json.loads(str(props[CASE_PROPERTY])),
                                                               "nodeid": report.nodeid})
         if RESULT_PROPERTY in props:
-            entry["result"] = json.loads(props[RESULT_PROPERTY])
+            entry["result"] = json.loads(str(props[RESULT_PROPERTY]))
         elif "result" not in entry and report.outcome != "passed":
             verdict = NOT_EVALUATED if report.skipped else ERROR
             text = report.longreprtext.strip().splitlines()[-1] if report.longreprtext.strip() else report.outcome

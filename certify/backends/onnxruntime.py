@@ -117,7 +117,8 @@ class OnnxRuntimeBackend:
                 for i in self._session.get_inputs()]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self._session.run(self._outputs, feeds))
+        outputs: list[np.ndarray] = self._session.run(self._outputs, feeds)  # already a list: no copy
+        return outputs
 
     def executed_device(self) -> str:
         return str(self._session.get_providers()[0])

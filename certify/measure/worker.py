@@ -13,7 +13,7 @@ import pickle
 import struct
 import sys
 import time
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -23,13 +23,13 @@ from certify.measure import memory
 HEADER = struct.Struct("<Q")
 
 
-def write_message(stream: BinaryIO, message: Any) -> None:
+def write_message(stream: IO[bytes], message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(HEADER.pack(len(data)) + data)
     stream.flush()
 
 
-def read_message(stream: BinaryIO) -> Any:
+def read_message(stream: IO[bytes]) -> Any:
     header = stream.read(HEADER.size)
     if len(header) < HEADER.size:
         return None
