@@ -32,6 +32,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=True, default=_jsonable)
             handle.flush()
@@ -66,6 +67,11 @@ def file_lock(path: Path, *, exclusive: bool = True) -> Iterator[float]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
 class EvidenceStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -75,9 +81,12 @@ class EvidenceStore:
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode()
         with file_lock(self.run_dir / ".evidence.lock"):
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
+                if _ends_torn(fd):  # a killed writer left half a line: never glue a record onto it
+                    line = b"\n" + line
+                while line:
+                    line = line[os.write(fd, line):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -100,9 +109,8 @@ class EvidenceStore:
         with file_lock(path.with_suffix(".lock")):
             if path.exists():
                 return dict(json.loads(path.read_text(encoding="utf-8")))
-            value = compute()
-            write_json_atomic(path, value)
-            return value
+            write_json_atomic(path, compute())
+            return dict(json.loads(path.read_text(encoding="utf-8")))
 
     def cached_array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         path = self.run_dir / "cache" / f"{key}.npy"

@@ -93,7 +93,8 @@ def _sysctl(name: str) -> str:
 
 def _cpu_identity(machine: str) -> tuple[str, str, tuple[str, ...]]:
     info = _cpuinfo()
-    vendor = info.get("vendor_id") or _ARM_IMPLEMENTERS.get(info.get("CPU implementer", ""), "")
+    vendor = (info.get("vendor_id") or _ARM_IMPLEMENTERS.get(info.get("CPU implementer", ""), "")
+              or (_sysctl("machdep.cpu.vendor") if platform.system() == "Darwin" else ""))
     model = info.get("model name") or info.get("Hardware") or _sysctl("machdep.cpu.brand_string")
     flags = tuple(sorted((info.get("flags") or info.get("Features") or "").split()))
     if platform.system() == "Darwin" and machine == "arm64":

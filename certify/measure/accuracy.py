@@ -23,11 +23,10 @@ def predict(role: str, ref: ModelRef, inputs: dict[str, np.ndarray], batch_size:
 
 
 def retention(metric: Metric, base_value: np.ndarray, cand_value: np.ndarray) -> np.ndarray:
-    """Share of the baseline's quality the candidate keeps (1.0 = all of it)."""
+    """Share of the baseline's quality the candidate keeps (1.0 = all of it; equal values, even 0 and 0, are 1.0)."""
+    num, den = (cand_value, base_value) if metric.higher_is_better else (base_value, cand_value)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if metric.higher_is_better:
-            return np.asarray(cand_value / base_value)
-        return np.asarray(base_value / cand_value)
+        return np.asarray(np.where(num == den, 1.0, num / den), dtype=np.float64)
 
 
 def evaluate(metric: Metric, base_out: np.ndarray, cand_out: np.ndarray, labels: np.ndarray | None,

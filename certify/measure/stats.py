@@ -59,7 +59,8 @@ def paired_statistic(reduce: Callable[[np.ndarray], np.ndarray], base_scores: np
     point = float(combine(reduce(base_scores[None, :]), reduce(cand_scores[None, :]))[0])
     idx = paired_resamples(base_scores.size, resamples, seed)
     estimates = combine(reduce(base_scores[idx]), reduce(cand_scores[idx]))
-    return point, _interval(estimates[np.isfinite(estimates)], confidence)
+    finite = estimates[np.isfinite(estimates)]
+    return point, _interval(finite, confidence) if finite.size else (point, point)
 
 
 def drift(times_ns: np.ndarray) -> float:

@@ -78,8 +78,6 @@ def test_records_skip_a_torn_final_line(tmp_path: Path, torn: bytes) -> None:
     assert store.records() == [{"case": "c0"}, {"case": "c1"}]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: append() does not start a new line after a torn one, so the next "
-                                       "complete record is glued to it and lost")
 def test_record_appended_after_a_torn_line_survives(tmp_path: Path) -> None:
     store = EvidenceStore(tmp_path)
     store.append({"case": "c0"})

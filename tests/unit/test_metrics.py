@@ -100,11 +100,13 @@ def test_retention_direction() -> None:
     assert kept.tolist() == [0.5, 1.0]
 
 
-def test_retention_division_by_zero_is_silent() -> None:
+def test_retention_division_by_zero_is_silent_and_equal_quality_is_full_retention() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kept = accuracy.retention(METRICS["top1_accuracy"], np.array([0.0, 0.0]), np.array([1.0, 0.0]))
-    assert np.isinf(kept[0]) and np.isnan(kept[1])
+        lower = accuracy.retention(METRICS["rmse"], np.array([0.0, 0.5]), np.array([0.0, 0.0]))
+    assert np.isinf(kept[0]) and kept[1] == 1.0
+    assert lower[0] == 1.0 and np.isinf(lower[1])
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------
@@ -174,9 +176,6 @@ def test_evaluate_lower_is_better_metric() -> None:
     assert gates.accuracy_gate(improved, POLICIES["edge-default"], "hint").verdict == gates.PASS
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="bug: stats.paired_statistic crashes when every bootstrap estimate is non-finite "
-                          "(rmse 0 for both models -> retention 0/0)")
 def test_evaluate_perfect_rmse_baseline_and_candidate() -> None:
     labels = np.arange(10.0)
     outputs = labels.reshape(-1, 1)
