@@ -49,7 +49,7 @@ def test_summarize_does_not_depend_on_order() -> None:
 def test_summarize_single_sample_has_zero_spread() -> None:
     s = stats.summarize(np.array([5_000_000]))
     assert s["p50_ms"] == s["p99_ms"] == s["mean_ms"] == 5.0
-    assert s["stdev_ms"] == 0.0 and s["cv"] == 0.0 and s["n"] == 1.0
+    assert s["stdev_ms"] == 0.0 and s["cv"] == 0.0 and s["robust_cv"] == 0.0 and s["n"] == 1.0
 
 
 def test_summarize_empty_is_empty_dict() -> None:
