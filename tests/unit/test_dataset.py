@@ -1,0 +1,57 @@
+"""Dataset loading: .npz keys, module:function loaders (returned or yielded batches), limits, bad data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from certify.measure.dataset import DatasetError, load_dataset, speed_batch
+from certify.plan import Dataset
+
+
+def loader(name: str, **kw: object) -> Dataset:
+    return Dataset(path=None, loader=f"tests.helpers.loaders:{name}", inputs=(("", "x"),), labels=None, **kw)  # type: ignore[arg-type]
+
+
+def test_yielded_batches_are_concatenated_in_order() -> None:
+    inputs, labels = load_dataset(loader("batches"))
+    assert inputs[""].shape == (12, 3) and inputs[""][0, 0] == 0 and inputs[""][-1, -1] == 35
+    assert labels is not None and labels.tolist() == list(range(12))
+
+
+def test_named_inputs_without_labels() -> None:
+    inputs, labels = load_dataset(loader("named_inputs"))
+    assert set(inputs) == {"a", "b"} and labels is None
+
+
+def test_limit_applies_to_inputs_and_labels() -> None:
+    inputs, labels = load_dataset(loader("batches", limit=5))
+    assert inputs[""].shape[0] == 5 and labels is not None and labels.shape[0] == 5
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("ragged", "disagree on the number of samples"),
+    ("not_a_tuple", "must return or yield (inputs, labels)"),
+    ("raises", "RuntimeError: database is down"),
+    ("missing_function", "has no attribute 'missing_function'"),
+])
+def test_bad_loaders_give_clear_errors(name: str, words: str) -> None:
+    with pytest.raises(DatasetError) as info:
+        load_dataset(loader(name))
+    assert words in info.value.message
+
+
+def test_npz_and_speed_batch(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", pixels=np.arange(20.0).reshape(10, 2), y=np.arange(10))
+    data = Dataset(path=tmp_path / "d.npz", loader=None, inputs=(("in", "pixels"),), labels="y")
+    inputs, labels = load_dataset(data)
+    assert inputs["in"].shape == (10, 2) and labels is not None and labels[3] == 3
+    assert speed_batch(inputs, 2)["in"].tolist() == [[0.0, 1.0], [2.0, 3.0]]
+
+
+def test_empty_npz_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "e.npz", x=np.zeros((0, 2)), y=np.zeros(0))
+    with pytest.raises(DatasetError, match="has no samples"):
+        load_dataset(Dataset(path=tmp_path / "e.npz", loader=None, inputs=(("", "x"),), labels="y"))
