@@ -182,7 +182,8 @@ def _parse(raw: Any, source: Path, where: str) -> Plan:
     models_raw = top.get("models", list)
     if not models_raw:
         raise top.error("models", "at least one [[models]] entry is required")
-    models = tuple(_model(_Table(m, top.file, f"{top.key('models')}[{i}]"), source.parent)
+    measure = _measure(top)
+    models = tuple(_model(_Table(m, top.file, f"{top.key('models')}[{i}]"), source.parent, measure.threads)
                    for i, m in enumerate(models_raw))
     _unique([m.name for m in models], top, "models", "model name")
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
@@ -190,7 +191,7 @@ def _parse(raw: Any, source: Path, where: str) -> Plan:
         source=source,
         name=top.get("name", str, source.stem),
         policy=_policy(top),
-        measure=_measure(top),
+        measure=measure,
         models=models,
         digest="sha256:" + digest,
     )
@@ -248,7 +249,7 @@ def _measure(top: _Table) -> Measure:
     return Measure(**values)
 
 
-def _model(table: _Table, base: Path) -> ModelPlan:
+def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
     table.check_keys({"name", "metric", "dataset", "baseline", "candidates"})
     metric = table.get("metric", str, "top1_accuracy")
     if metric not in METRICS:
@@ -258,7 +259,7 @@ def _model(table: _Table, base: Path) -> ModelPlan:
     if not cands_raw:
         raise table.error("candidates", "at least one candidate is required")
     candidates = tuple(
-        _model_ref(_Table(c, table.file, f"{table.key('candidates')}[{i}]"), base, candidate=True)
+        _model_ref(_Table(c, table.file, f"{table.key('candidates')}[{i}]"), base, threads, candidate=True)
         for i, c in enumerate(cands_raw)
     )
     _unique([c.name for c in candidates], table, "candidates", "candidate name")
@@ -270,7 +271,7 @@ def _model(table: _Table, base: Path) -> ModelPlan:
         name=table.get("name", str),
         metric=metric,
         dataset=dataset,
-        baseline=_model_ref(table.sub("baseline"), base, candidate=False),
+        baseline=_model_ref(table.sub("baseline"), base, threads, candidate=False),
         candidates=candidates,
     )
 
@@ -283,7 +284,8 @@ def _existing_path(table: _Table, key: str, base: Path) -> Path:
     return path
 
 
-def _model_ref(table: _Table, base: Path, *, candidate: bool) -> ModelRef:
+def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> ModelRef:
+    """One model; ``threads`` is the plan's ``measure.threads``, the default for a model that sets none."""
     allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options"}
     table.check_keys(allowed | ({"policy"} if candidate else set()))
     framework = _framework(table)
@@ -300,7 +302,7 @@ def _model_ref(table: _Table, base: Path, *, candidate: bool) -> ModelRef:
         device=device,
         platforms=platforms,
         providers=_str_list(table, "providers"),
-        threads=table.get("threads", int, 0),
+        threads=table.get("threads", int, threads),
         options=_freeze(table.get("options", dict, {})),
         policy_overrides=tuple(sorted(_overrides(table, table.get("policy", dict, {})).items()))
         if candidate else (),

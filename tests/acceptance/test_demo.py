@@ -52,6 +52,9 @@ def test_speed_verdicts_are_decided_on_intervals(demo_run: Outcome) -> None:
     m = speed_records[0]["measurement"]
     assert m["order"] == "ABBA" and m["stop_reason"] in ("decisive", "max_duration", "max_iterations")
     assert len(m["baseline_ns"]) == len(m["candidate_ns"]) == m["samples"] > 0
+    for side in ("baseline", "candidate"):  # the plan's measure.threads reached the runtime
+        assert m[side]["info"]["intra_op_num_threads"] == 1
+        assert m[side]["executed_device"] == "CPUExecutionProvider"
 
 
 def test_absent_hardware_is_not_evaluated_with_the_reason(demo_run: Outcome) -> None:

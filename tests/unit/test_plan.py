@@ -36,9 +36,15 @@ def test_valid_plan_loads_frozen_with_resolved_paths(project: Path) -> None:
     assert model.candidates[0].platforms == ("intel",)
     assert model.dataset.labels == "y" and model.dataset.inputs == (("", "x"),)
     assert plan.policy.name == "edge-default" and plan.measure.threads == 1
+    assert model.baseline.threads == 1 and model.candidates[0].threads == 1  # measure.threads is the default
     assert plan.digest.startswith("sha256:")
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.name = "changed"  # type: ignore[misc]
+
+
+def test_model_threads_override_the_plan_default(project: Path) -> None:
+    plan = load_plan(write(project, PLAN + candidate("int8", "int8.onnx", extra="threads = 2")))
+    assert plan.models[0].baseline.threads == 1 and plan.models[0].candidates[0].threads == 2
 
 
 def test_typo_in_key_names_file_key_and_suggestion(project: Path) -> None:
