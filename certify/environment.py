@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import platform
-import sys
 from importlib import metadata
 
 from certify import DISTRIBUTION, __version__
@@ -23,6 +22,3 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
             continue
     return versions
 
-
-def python_build() -> str:
-    return f"{platform.python_implementation()} {sys.version.split()[0]} ({platform.platform()})"

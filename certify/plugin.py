@@ -110,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is None:
         config.pluginmanager.register(CertifyReporter(state), "certify-reporter")
     if plan_path is not None:
-        state._plan = _load(plan_path, config.getoption("certify_decision"))  # fail fast on a bad plan
+        state.plan()  # a bad plan stops the session here, before collection
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -38,10 +38,6 @@ class WorkerClient:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )
 
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
     def call(self, command: str, timeout_s: float | None = None, **args: Any) -> Any:
         """Run one request; any failure is raised as a CertifyError tagged with this worker's role."""
         try:
