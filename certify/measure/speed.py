@@ -22,6 +22,7 @@ BLOCK_TARGET_S = 0.1  # one block of timed iterations lasts about this long
 REWARM_SHARE = 0.1  # untimed iterations at the start of each block, to refill caches the other model evicted
 CHECK_EVERY_S = 0.5  # how often to test for a decisive verdict
 INTERIM_RESAMPLES = 400
+MIN_ROUNDS_TO_DECIDE = 8  # 16 blocks a side: too few blocks make a block bootstrap overconfident
 
 
 @dataclass
@@ -50,11 +51,11 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         elapsed = time.monotonic() - started
     base_ns, cand_ns = run.arrays()
     speedup, interval = stats.ratio_of_medians(base_ns, cand_ns, resamples=measure.bootstrap_resamples,
-                                               seed=measure.seed, confidence=confidence)
+                                               seed=measure.seed, confidence=confidence, block=block)
     return {
         "speedup": speedup, "interval": list(interval), "confidence": confidence, "stop_reason": stop,
         "duration_s": elapsed, "rounds": run.rounds, "block_iterations": block, "order": "ABBA",
-        "block_rewarm_iterations": run.rewarm,
+        "bootstrap": "paired blocks", "block_rewarm_iterations": run.rewarm,
         "samples": int(base_ns.size), "warmup_iterations": measure.warmup_iterations,
         "baseline": {"latency": stats.summarize(base_ns), "drift": stats.drift(base_ns), **_where(loaded["baseline"])},
         "candidate": {"latency": stats.summarize(cand_ns), "drift": stats.drift(cand_ns),
@@ -80,16 +81,16 @@ def _interleave(a: WorkerClient, b: WorkerClient, block: int, run: SpeedRun, mea
             return "max_iterations"
         if elapsed >= measure.max_duration_s:
             return "max_duration"
-        if elapsed < measure.min_duration_s or n < measure.min_iterations:
+        if elapsed < measure.min_duration_s or n < measure.min_iterations or run.rounds < MIN_ROUNDS_TO_DECIDE:
             continue
         if time.monotonic() - last_check >= CHECK_EVERY_S or last_check == started:
             last_check = time.monotonic()
-            if _decisive(run, threshold, confidence, measure.seed):
+            if _decisive(run, block, threshold, confidence, measure.seed):
                 return "decisive"
 
 
-def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> bool:
+def _decisive(run: SpeedRun, block: int, threshold: float, confidence: float, seed: int) -> bool:
     base_ns, cand_ns = run.arrays()
     _, (low, high) = stats.ratio_of_medians(base_ns, cand_ns, resamples=INTERIM_RESAMPLES, seed=seed,
-                                            confidence=confidence)
+                                            confidence=confidence, block=block)
     return low >= threshold or high < threshold

@@ -37,23 +37,43 @@ def _interval(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def paired_resamples(n: int, resamples: int, seed: int) -> np.ndarray:
-    """Index rows for a paired bootstrap: each row draws n pair indices with replacement."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+MAX_BOOTSTRAP_CELLS = 4_000_000  # resampled values held at once; bounds memory whatever the data size
+
+
+def bootstrap(units: int, values_per_unit: int, *, resamples: int, seed: int,
+              estimate: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``resamples`` estimates, each from ``units`` unit indices drawn with replacement, computed in chunks.
+
+    ``estimate`` maps an (rows, units) index array to one estimate per row.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, MAX_BOOTSTRAP_CELLS // max(1, units * values_per_unit))
+    parts = [estimate(rng.integers(0, units, size=(min(chunk, resamples - start), units)))
+             for start in range(0, resamples, chunk)]
+    return np.concatenate(parts)
 
 
 def ratio_of_medians(baseline: np.ndarray, candidate: np.ndarray, *, resamples: int, seed: int,
-                     confidence: float) -> tuple[float, tuple[float, float]]:
-    """Speedup = median(baseline) / median(candidate), with a paired bootstrap interval.
+                     confidence: float, block: int = 1) -> tuple[float, tuple[float, float]]:
+    """Speedup = median(baseline) / median(candidate), with a paired block-bootstrap interval.
 
-    Samples are paired by position (they were taken interleaved), so resampling pairs keeps
-    machine drift common to both sides.
+    Samples are paired by position (they were taken interleaved) and resampled in whole blocks of
+    ``block`` pairs: latencies come in plateaus that last a block or more (host states, cache and
+    frequency changes), so single iterations are not independent and resampling them one by one
+    would give intervals far narrower than the run-to-run spread. Resampling paired blocks keeps
+    both that dependence and the machine drift common to both sides.
     """
-    n = min(baseline.size, candidate.size)
-    a, b = np.asarray(baseline[:n], np.float64), np.asarray(candidate[:n], np.float64)
+    blocks = min(baseline.size, candidate.size) // block
+    n = blocks * block
+    a = np.asarray(baseline[:n], np.float64).reshape(blocks, block)
+    b = np.asarray(candidate[:n], np.float64).reshape(blocks, block)
     point = float(np.median(a) / np.median(b))
-    idx = paired_resamples(n, resamples, seed)
-    estimates = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+
+    def ratio(idx: np.ndarray) -> np.ndarray:
+        rows = len(idx)
+        return np.asarray(np.median(a[idx].reshape(rows, n), axis=1) / np.median(b[idx].reshape(rows, n), axis=1))
+
+    estimates = bootstrap(blocks, block, resamples=resamples, seed=seed, estimate=ratio)
     return point, _interval(estimates, confidence)
 
 
@@ -65,8 +85,8 @@ def paired_statistic(reduce: Callable[[np.ndarray], np.ndarray], base_scores: np
     ``reduce`` turns score rows into metric values; ``combine(base, cand)`` turns those into the statistic.
     """
     point = float(combine(reduce(base_scores[None, :]), reduce(cand_scores[None, :]))[0])
-    idx = paired_resamples(base_scores.size, resamples, seed)
-    estimates = combine(reduce(base_scores[idx]), reduce(cand_scores[idx]))
+    estimates = bootstrap(base_scores.size, 1, resamples=resamples, seed=seed,
+                          estimate=lambda idx: combine(reduce(base_scores[idx]), reduce(cand_scores[idx])))
     finite = estimates[np.isfinite(estimates)]
     return point, _interval(finite, confidence) if finite.size else (point, point)
 

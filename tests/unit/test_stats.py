@@ -181,3 +181,29 @@ def test_drift_ignores_the_middle_of_the_run() -> None:
     times = np.full(100, 1e6)
     times[30:70] = 9e6
     assert stats.drift(times) == 0.0
+
+
+def _plateaus(rng: np.random.Generator, blocks: int, block: int, scale: float) -> np.ndarray:
+    """Latencies whose level changes from block to block (host states), plus small per-iteration noise."""
+    levels = rng.lognormal(0, 0.15, blocks).repeat(block)
+    return scale * levels * rng.lognormal(0, 0.01, blocks * block)
+
+
+def test_block_bootstrap_covers_the_truth_where_per_iteration_resampling_is_overconfident() -> None:
+    covered = {1: 0, 100: 0}
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        base, cand = _plateaus(rng, 40, 100, 3e5), _plateaus(rng, 40, 100, 1e5)
+        for block in covered:
+            _, (low, high) = stats.ratio_of_medians(base, cand, resamples=300, seed=seed, confidence=0.95, block=block)
+            covered[block] += low <= 3.0 <= high
+    assert covered[100] >= 25  # close to the nominal 95% of 30
+    assert covered[1] <= 15  # treating plateaus as independent iterations misses the truth most of the time
+
+
+def test_block_bootstrap_memory_is_bounded_on_long_runs() -> None:
+    rng = np.random.default_rng(0)
+    base, cand = 3e5 * rng.lognormal(0, 0.05, 200_000), 1e5 * rng.lognormal(0, 0.05, 200_000)
+    point, (low, high) = stats.ratio_of_medians(base, cand, resamples=200, seed=0, confidence=0.95, block=500)
+    assert low <= point <= high and 2.9 < point < 3.1
+    assert stats.MAX_BOOTSTRAP_CELLS // 200_000 >= 1  # 20 rows of 200k values at a time, not 200 x 200k
