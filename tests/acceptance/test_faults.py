@@ -78,3 +78,15 @@ def test_parallel_run_serializes_speed_and_memory(project: Path, tmp_path: Path)
         for other in records:
             if other is not r:
                 assert other["finished"] <= r["started"] or other["started"] >= r["finished"], (r["case"], r["gate"])
+
+
+def test_a_candidate_that_is_the_baseline_again_is_refused_on_speed_and_memory(project: Path, tmp_path: Path) -> None:
+    """A "no-op optimization" (the FP32 file itself) keeps all its accuracy but is neither faster nor smaller."""
+    outcome = run_certification(tmp_path, plan_in(project, PLAN + candidate("same", "fp32.onnx")))
+    v = outcome.verdicts()
+    assert v[("same", "accuracy")]["verdict"] == "pass" and v[("same", "accuracy")]["value"] == 1.0
+    speed = v[("same", "speed")]
+    assert speed["verdict"] == "fail" and speed["interval"][0] < 2.0 and 0.5 < speed["value"] < 1.5
+    memory = v[("same", "memory")]
+    assert memory["verdict"] == "fail" and memory["value"] < 0.5
+    assert outcome.results["candidates"]["tiny/same"] == "not_certified" and outcome.returncode == 1
