@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from certify import gates
-from certify.backends import install_hint, resolve_backend
+from certify.backends import resolve_backend
 from certify.cases import Case, safe_name
 from certify.errors import CertifyError
 from certify.evidence import EvidenceStore
@@ -82,7 +82,7 @@ class CertificationRun:
             backend = resolve_backend(ref.framework)
             ok, detail = backend.available_devices(ref)
         except CertifyError as exc:
-            return f"framework {ref.framework!r} unavailable: {exc.message}; install: {install_hint(ref.framework)}"
+            return f"framework {ref.framework!r} unavailable: {exc.message}; install: {exc.hint}"
         if not ok:
             return f"device {ref.device!r} not available: {detail}; install: {backend.install_hint}"
         return ""
@@ -112,9 +112,12 @@ class CertificationRun:
         measurement.update(result, candidate_where=where)
         return gates.accuracy_gate(result, policy, self.hint(case))
 
+    def speed_feeds(self, model: ModelPlan) -> dict[str, np.ndarray]:
+        """The one input every speed and memory measurement of this model uses."""
+        return dataset.speed_batch(self.data(model)[0], model.dataset.speed_batch_size)
+
     def paired_speed(self, case: Case) -> dict[str, Any]:
-        policy = self.plan.policy_for(case.candidate)
-        feeds = dataset.speed_batch(self.data(case.model)[0], case.model.dataset.speed_batch_size)
+        policy, feeds = self.plan.policy_for(case.candidate), self.speed_feeds(case.model)
         return self.store.cached_json(f"{case.key}-speed", lambda: speed.measure_speed(
             case.model.baseline, case.candidate, feeds, self.plan.measure, policy.min_speedup, policy.confidence))
 
@@ -130,8 +133,7 @@ class CertificationRun:
         return gates.stability_gate(run, self.plan.policy_for(case.candidate), self.hint(case))
 
     def memory(self, case: Case, measurement: dict[str, Any]) -> GateResult:
-        feeds = dataset.speed_batch(self.data(case.model)[0], case.model.dataset.speed_batch_size)
-        measure = self.plan.measure
+        feeds, measure = self.speed_feeds(case.model), self.plan.measure
         base = self.store.cached_json(safe_name(case.model.name) + "-baseline-memory",
                                       lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure))
         cand = footprint.measure_memory("candidate", case.candidate, feeds, measure)

@@ -29,8 +29,9 @@ MIN_ROUNDS_TO_DECIDE = 8  # 16 blocks a side: too few blocks make a block bootst
 class SpeedRun:
     baseline_ns: list[np.ndarray] = field(default_factory=list)
     candidate_ns: list[np.ndarray] = field(default_factory=list)
+    block: int = 1  # timed iterations per block
+    rewarm: int = 1  # untimed iterations before each block
     rounds: int = 0
-    rewarm: int = 1
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.baseline_ns), np.concatenate(self.candidate_ns)
@@ -46,12 +47,12 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
             worker.call("feeds", key="speed", arrays=feeds)
         warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations)) for w in (a, b)]
         block = max(1, int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)))
-        run, started = SpeedRun(rewarm=max(1, int(block * REWARM_SHARE))), time.monotonic()
-        stop = _interleave(a, b, block, run, measure, threshold, confidence, started)
+        run, started = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE))), time.monotonic()
+        stop = _interleave(a, b, run, measure, threshold, confidence, started)
         elapsed = time.monotonic() - started
     base_ns, cand_ns = run.arrays()
     speedup, interval = stats.ratio_of_medians(base_ns, cand_ns, resamples=measure.bootstrap_resamples,
-                                               seed=measure.seed, confidence=confidence, block=block)
+                                               seed=measure.seed, confidence=confidence, block=run.block)
     return {
         "speedup": speedup, "interval": list(interval), "confidence": confidence, "stop_reason": stop,
         "duration_s": elapsed, "rounds": run.rounds, "block_iterations": block, "order": "ABBA",
@@ -68,15 +69,15 @@ def _where(loaded: dict[str, Any]) -> dict[str, Any]:
     return {"executed_device": loaded["executed_device"], "info": loaded["info"], "load_s": loaded["load_s"]}
 
 
-def _interleave(a: WorkerClient, b: WorkerClient, block: int, run: SpeedRun, measure: Measure,
+def _interleave(a: WorkerClient, b: WorkerClient, run: SpeedRun, measure: Measure,
                 threshold: float, confidence: float, started: float) -> str:
     last_check = started
     while True:
         for worker, side in ((a, run.baseline_ns), (b, run.candidate_ns), (b, run.candidate_ns),
                              (a, run.baseline_ns)):
-            side.append(worker.call("run", key="speed", iterations=block, rewarm=run.rewarm))
+            side.append(worker.call("run", key="speed", iterations=run.block, rewarm=run.rewarm))
         run.rounds += 1
-        elapsed, n = time.monotonic() - started, run.rounds * 2 * block
+        elapsed, n = time.monotonic() - started, run.rounds * 2 * run.block
         if n >= measure.max_iterations:
             return "max_iterations"
         if elapsed >= measure.max_duration_s:
@@ -85,12 +86,12 @@ def _interleave(a: WorkerClient, b: WorkerClient, block: int, run: SpeedRun, mea
             continue
         if time.monotonic() - last_check >= CHECK_EVERY_S or last_check == started:
             last_check = time.monotonic()
-            if _decisive(run, block, threshold, confidence, measure.seed):
+            if _decisive(run, threshold, confidence, measure.seed):
                 return "decisive"
 
 
-def _decisive(run: SpeedRun, block: int, threshold: float, confidence: float, seed: int) -> bool:
+def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> bool:
     base_ns, cand_ns = run.arrays()
     _, (low, high) = stats.ratio_of_medians(base_ns, cand_ns, resamples=INTERIM_RESAMPLES, seed=seed,
-                                            confidence=confidence, block=block)
+                                            confidence=confidence, block=run.block)
     return low >= threshold or high < threshold
