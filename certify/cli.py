@@ -1,5 +1,8 @@
-"""``certify``: demo | run | doctor. ``run`` and ``demo`` run the certification suites through pytest, so
-every pytest option (``-m intel``, ``-k``, ``-n 2``, ``--junitxml``) passes through unchanged."""
+"""``certify``: demo | run | doctor | keygen | verify | report | compare | merge.
+
+``run`` and ``demo`` run the certification suites through pytest, so every pytest option (``-m intel``, ``-k``,
+``-n 2``, ``--junitxml``, ``--alluredir``) passes through unchanged. ``verify`` is the release gate: exit 0 only
+when the certificate is trusted and everything required of it holds; 1 when it is refused; 2 on a usage error."""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from certify.errors import CertifyError
+from certify.hardware import GATES
 
 DEMO_NOTE = ("demo: the plan holds one candidate that is bad on purpose (int8-static-badcalib must FAIL accuracy) "
              "and two that target hardware this host may not have (NOT EVALUATED here).")
@@ -35,9 +40,21 @@ def cmd_demo(ns: argparse.Namespace, extra: list[str]) -> int:
 
     print("certify demo: building the demo models (cached after the first run) ...", flush=True)
     plan = demo.ensure_built()
+    if not any(a.startswith("--certify-sign-key") for a in extra) and not _key_in_environment():
+        extra = [*extra, "--certify-dev-key"]
+        print("certify demo: no signing key configured, so a throwaway development key signs the certificate "
+              "(the report says so; certify verify refuses it without --allow-dev-key)", flush=True)
     code = _pytest(plan, extra)
     print(DEMO_NOTE)
     return 0 if code in (0, 1) else code  # gate failures are the demo's expected output
+
+
+def _key_in_environment() -> bool:
+    import os
+
+    from certify.attest import KEY_ENV, KEY_FILE_ENV
+
+    return bool(os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV))
 
 
 def cmd_run(ns: argparse.Namespace, extra: list[str]) -> int:
@@ -59,7 +76,7 @@ def cmd_doctor(ns: argparse.Namespace, extra: list[str]) -> int:
             backends[name] = "available"
         except CertifyError as exc:
             backends[name] = f"unavailable: {exc.diagnostics()}"
-    packages = package_versions()
+    packages = package_versions(everything=False)
     report = {"host": detect_host().to_dict(), "backends": backends, "packages": packages}
     if ns.json:
         print(json.dumps(report, indent=2, default=str))
@@ -72,6 +89,48 @@ def cmd_doctor(ns: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_keygen(ns: argparse.Namespace, extra: list[str]) -> int:
+    import os
+
+    from certify.attest import PASSPHRASE_ENV, generate_keypair
+
+    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode() if ns.encrypt else None
+    if ns.encrypt and not passphrase:
+        raise CertifyError(f"--encrypt needs the passphrase in ${PASSPHRASE_ENV}", hint="export it, then re-run")
+    private, public, keyid = generate_keypair(Path(ns.out), passphrase)
+    print(f"private key: {private} (mode 0600; keep it secret, e.g. as a CI secret: CERTIFY_SIGNING_KEY)")
+    print(f"public key:  {public} (give it to verifiers: certify verify CERT --key {public})")
+    print(f"key id:      {keyid}")
+    return 0
+
+
+def cmd_verify(ns: argparse.Namespace, extra: list[str]) -> int:
+    from certify.verify import DEFAULT_REQUIRED, Request, verify
+
+    req = Request(Path(ns.certificate), [Path(k) for k in ns.key], [Path(m) for m in ns.model], ns.policy,
+                  ns.require or list(DEFAULT_REQUIRED), ns.max_age, ns.allow_dev_key)
+    outcome = verify(req)
+    if ns.json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        for check in outcome.checks:
+            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+        refused = [c for c in outcome.checks if not c.ok]
+        print("VERIFIED" if outcome.ok else f"REFUSED ({len(refused)} reason{'s' * (len(refused) != 1)})")
+    return 0 if outcome.ok else 1
+
+
+def cmd_report(ns: argparse.Namespace, extra: list[str]) -> int:
+    from certify.report.publish import HTML_FILE, SUMMARY_FILE, rerender
+
+    run_dir = Path(ns.run_dir)
+    signature = rerender(run_dir)
+    print(f"report: {run_dir / HTML_FILE}\nsummary: {run_dir / SUMMARY_FILE}")
+    print("signed by key " + str(signature["keyid"]) if signature["signed"] else
+          f"not signed: {signature['reason_unsigned']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="certify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,10 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plan", help="plan file (default: ./certify.toml or [tool.certify] in ./pyproject.toml)")
     doctor = sub.add_parser("doctor", help="show the host, its markers and which backends work here")
     doctor.add_argument("--json", action="store_true")
+    keygen = sub.add_parser("keygen", help="make an Ed25519 signing key pair (KEY and KEY.pub)")
+    keygen.add_argument("--out", required=True, metavar="KEY", help="private key path; the public key is KEY.pub")
+    keygen.add_argument("--encrypt", action="store_true",
+                        help="encrypt the private key with the passphrase in $CERTIFY_SIGNING_KEY_PASSPHRASE")
+    _verify_parser(sub)
+    report = sub.add_parser("report", help="re-render a run's HTML report and Markdown summary from its evidence")
+    report.add_argument("run_dir", metavar="RUN_DIR")
     return parser
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "doctor": cmd_doctor}
+def _verify_parser(sub: Any) -> None:
+    verify = sub.add_parser("verify", help="the release gate: exit 0 only when the certificate can be trusted")
+    verify.add_argument("certificate", metavar="CERT")
+    verify.add_argument("--key", action="append", required=True, metavar="PUB", help="trusted public key (repeatable)")
+    verify.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="a model file being released: its digest must be a certified subject (repeatable)")
+    verify.add_argument("--policy", metavar="NAME|FILE", help="the certificate's policy must be at least this strict")
+    verify.add_argument("--require", action="append", choices=GATES, metavar="GATE",
+                        help="gates that must have passed (repeatable; default: accuracy, speed, stability, memory)")
+    verify.add_argument("--max-age", type=float, metavar="DAYS", help="refuse certificates older than this")
+    verify.add_argument("--allow-dev-key", action="store_true",
+                        help="accept a certificate signed with a throwaway development key (demos only)")
+    verify.add_argument("--json", action="store_true")
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "doctor": cmd_doctor, "keygen": cmd_keygen, "verify": cmd_verify,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

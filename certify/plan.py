@@ -143,11 +143,11 @@ class _Table:
         return _Table(self.get(name, dict), self.file, self.key(name))
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read, validate and freeze a plan. Raises PlanError naming the file and key."""
+def _read_toml(path: str | Path, what: str) -> tuple[Any, Path, str]:
+    """The certify table of a TOML file (``[tool.certify]`` in a pyproject.toml), its path and key prefix."""
     source = Path(path).resolve()
     if not source.is_file():
-        raise PlanError(str(path), "(file)", "plan file not found", hint="pass --certify-plan PATH")
+        raise PlanError(str(path), "(file)", f"{what} file not found", hint="check the path")
     try:
         raw = tomllib.loads(source.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -156,8 +156,28 @@ def load_plan(path: str | Path) -> Plan:
         raw = raw.get("tool", {}).get("certify")
         if raw is None:
             raise PlanError(str(source), "tool.certify", "no [tool.certify] table in this pyproject.toml")
-        return _parse(raw, source, "tool.certify")
-    return _parse(raw, source, "")
+        return raw, source, "tool.certify"
+    return raw, source, ""
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read, validate and freeze a plan. Raises PlanError naming the file and key."""
+    raw, source, where = _read_toml(path, "plan")
+    return _parse(raw, source, where)
+
+
+def load_policy(spec: str) -> Policy:
+    """A policy by name (``edge-strict``) or from a TOML file's ``policy`` key, written as in a plan."""
+    if spec in POLICIES:
+        return POLICIES[spec]
+    if not Path(spec).is_file():
+        raise PlanError(spec, "(policy)", f"neither a known policy{did_you_mean(spec, POLICIES)} nor a file",
+                        hint=f"known policies: {', '.join(POLICIES)}; or a TOML file with a 'policy' table")
+    raw, source, where = _read_toml(spec, "policy")
+    top = _Table(raw, str(source), where)
+    if "policy" not in top.data:
+        raise top.error("policy", "this file has no 'policy' key", hint='write policy = "edge-strict" or [policy]')
+    return _policy(top)
 
 
 def find_plan(rootdir: Path) -> Path | None:

@@ -24,6 +24,7 @@ from certify.hardware import GATES, MARKER_HELP, detect_host
 from certify.plan import Plan, find_plan, load_plan
 
 if TYPE_CHECKING:
+    from certify.attest import Signer
     from certify.runner import CertificationRun
 
 CASE_PROPERTY, RESULT_PROPERTY = "certify.case", "certify.result"
@@ -44,6 +45,8 @@ class SessionState:
     started: float = field(default_factory=time.time)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     interrupted: bool = False
+    signer: Signer | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
     _plan: Plan | None = None
     _run: CertificationRun | None = None
 
@@ -95,6 +98,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--certify-run-id", default=None, metavar="ID", help="name of this run's folder")
     group.addoption("--certify-decision", default=None, choices=("lower_bound", "point"),
                     help="decide gates on the interval's bound (default) or the point estimate")
+    group.addoption("--certify-sign-key", default=None, metavar="KEY",
+                    help="Ed25519 private key (from certify keygen) that signs the certificate. Default: "
+                    "$CERTIFY_SIGNING_KEY (the PEM itself) or $CERTIFY_SIGNING_KEY_FILE; unsigned when none is set")
+    group.addoption("--certify-dev-key", action="store_true",
+                    help="sign with a throwaway key made for this run (demos; the certificate says so)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,9 +116,24 @@ def pytest_configure(config: pytest.Config) -> None:
     state = SessionState(config, run_id, root if root.is_absolute() else config.rootpath / root, plan_path)
     config.stash[STATE] = state
     if workerinput is None:
+        state.signer = _signer(config)
         config.pluginmanager.register(CertifyReporter(state), "certify-reporter")
     if plan_path is not None:
         state.plan()  # a bad plan stops the session here, before collection
+
+
+def _signer(config: pytest.Config) -> Signer | None:
+    """The signing key, loaded before anything is measured so a bad key stops the session at once."""
+    from certify.attest import dev_signer, load_signer
+
+    path = config.getoption("certify_sign_key")
+    try:
+        signer = load_signer(Path(path) if path else None)
+    except CertifyError as exc:
+        raise pytest.UsageError(f"signing key: {exc.diagnostics()}") from None
+    if signer is None and config.getoption("certify_dev_key"):
+        signer = dev_signer()
+    return signer
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -156,8 +179,11 @@ def certify_gate(request: pytest.FixtureRequest) -> Callable[[Case], GateResult]
     state = request.config.stash[STATE]
 
     def check(case: Case) -> GateResult:
-        result = state.run().evaluate(case, request.node.nodeid)
+        result, record = state.run().evaluate(case, request.node.nodeid)
         request.node.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict(), default=str)))
+        from certify.report import allure
+
+        allure.annotate(request.config, case, result, record)
         if result.verdict == NOT_EVALUATED:
             pytest.skip(f"NOT EVALUATED: {result.reason}")
         if result.verdict in (FAIL, ERROR):
@@ -198,16 +224,22 @@ class CertifyReporter:
             return
         from certify.environment import package_versions
         from certify.evidence import RESULTS_FILE, write_json_atomic
+        from certify.report.certificate import describe_models
+        from certify.report.publish import certify_run
         from certify.report.results import build_results
 
         state, plan = self.state, self.state.plan()
         document = build_results(
             run_id=state.run_id, host=detect_host().to_dict(), packages=package_versions(), entries=self.entries(),
             plan={"name": plan.name, "source": str(plan.source), "digest": plan.digest,
-                  "policy": plan.policy.to_dict()},
+                  "policy": plan.policy.to_dict()}, models=describe_models(plan),
             started=state.started, finished=time.time(), complete=not state.interrupted and exitstatus in (0, 1),
         )
         write_json_atomic(state.run_dir / RESULTS_FILE, document)
+        try:
+            state.outputs = certify_run(state.run_dir, state.signer)
+        except CertifyError as exc:  # results.json is written; say why the certificate or report is missing
+            state.outputs = {"error": exc.diagnostics()}
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         entries = self.entries()
@@ -222,4 +254,20 @@ class CertifyReporter:
             tr.write_line(line)
         for (case, reason), gates in not_evaluated_groups(entries).items():
             tr.write_line(f"NOT EVALUATED {case} ({', '.join(gates)}): {reason}")
-        tr.write_line(f"results: {os.path.relpath(self.state.run_dir)}/results.json (evidence: evidence.jsonl)")
+        run_dir = os.path.relpath(self.state.run_dir)
+        tr.write_line(f"results: {run_dir}/results.json (evidence: evidence.jsonl)")
+        self._write_outputs(tr, run_dir)
+
+    def _write_outputs(self, tr: Any, run_dir: str) -> None:
+        out = self.state.outputs
+        if "error" in out:
+            tr.write_line(f"certificate and report not written: {out['error']}", red=True)
+        elif out.get("signed"):
+            dev = " (THROWAWAY DEVELOPMENT KEY: not for releases)" if out["dev_key"] else ""
+            tr.write_line(f"certificate: {run_dir}/{out['certificate']} signed by key {out['keyid'][:16]}{dev}")
+            tr.write_line(f"verify: {out['verify_command']}")
+        elif out:
+            tr.write_line(f"certificate: not signed: {out['reason_unsigned']} (statement: {run_dir}/statement.json)",
+                          yellow=True)
+        if out and "error" not in out:
+            tr.write_line(f"report: {run_dir}/report.html, summary: {run_dir}/summary.md")

@@ -48,6 +48,26 @@ class Policy:
         return {"name": self.name, "digest": self.digest(), "thresholds": self.thresholds()}
 
 
+STRICTER_WHEN_HIGHER = ("min_accuracy_retention", "min_speedup", "min_memory_reduction", "confidence")
+STRICTER_WHEN_LOWER = ("max_p99_over_p50", "max_cv", "max_drift")
+
+
+def weaker_points(thresholds: Mapping[str, Any], required: Policy) -> list[str]:
+    """Where a policy's thresholds (as recorded in a certificate) are weaker than ``required``; [] when it is
+    at least as strict everywhere. A threshold missing from the record counts as weaker."""
+    found = []
+    for key, want in required.thresholds().items():
+        have = thresholds.get(key)
+        if have is None:
+            found.append(f"{key} not recorded (required {want})")
+        elif key == "decision":
+            if have != want and want == "lower_bound":
+                found.append(f"decision {have!r} (required 'lower_bound': the interval must clear the threshold)")
+        elif (key in STRICTER_WHEN_HIGHER and have < want) or (key in STRICTER_WHEN_LOWER and have > want):
+            found.append(f"{key} {have:g} (required {'>=' if key in STRICTER_WHEN_HIGHER else '<='} {want:g})")
+    return found
+
+
 POLICIES: dict[str, Policy] = {
     "edge-default": Policy(name="edge-default"),
     "edge-strict": Policy(

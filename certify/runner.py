@@ -14,6 +14,7 @@ import numpy as np
 from certify import gates
 from certify.backends import resolve_backend
 from certify.cases import Case, safe_name
+from certify.digests import model_digest
 from certify.errors import CertifyError
 from certify.evidence import EvidenceStore
 from certify.gates import GateResult
@@ -25,13 +26,22 @@ from certify.plan import ModelPlan, ModelRef, Plan
 EXCLUSIVE_GATES = ("speed", "stability", "memory")
 
 
+def _digest(ref: ModelRef) -> str | None:
+    """The model's digest as measured (the certificate refuses a model whose file changed during the run)."""
+    try:
+        return model_digest(ref.path).sha256
+    except (CertifyError, OSError):
+        return None
+
+
 class CertificationRun:
     def __init__(self, plan: Plan, run_dir: Path, host: Host, run_id: str) -> None:
         self.plan, self.host, self.run_id = plan, host, run_id
         self.store = EvidenceStore(run_dir)
 
-    def evaluate(self, case: Case, nodeid: str = "") -> GateResult:
-        """Never raises for a measurement problem: every outcome becomes a GateResult with its reason."""
+    def evaluate(self, case: Case, nodeid: str = "") -> tuple[GateResult, dict[str, Any]]:
+        """The verdict and the evidence record appended for it. Never raises for a measurement problem: every
+        outcome becomes a GateResult with its reason."""
         started = time.time()
         measurement: dict[str, Any] = {}
         reason = self.why_not_evaluated(case)
@@ -43,13 +53,15 @@ class CertificationRun:
                 started = time.time()  # the measurement window is the time the lock is held
                 result = self._measure(case, measurement)
                 finished = time.time()
-        self.store.append({
+        record = {
             "run_id": self.run_id, "nodeid": nodeid, **case.describe(), "result": result.to_dict(),
             "measurement": measurement, "host_fingerprint": self.host.fingerprint,
             "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started, "finished": finished,
             "serialized": case.gate in EXCLUSIVE_GATES, "lock_wait_s": lock_wait,
-        })
-        return result
+            "digests": {"baseline": _digest(case.model.baseline), "candidate": _digest(case.candidate)},
+        }
+        self.store.append(record)
+        return result, record
 
     def _measure(self, case: Case, measurement: dict[str, Any]) -> GateResult:
         try:

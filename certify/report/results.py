@@ -28,17 +28,18 @@ def candidate_verdicts(entries: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def build_results(*, run_id: str, plan: dict[str, Any], host: dict[str, Any], packages: dict[str, str],
-                  entries: list[dict[str, Any]], started: float, finished: float, complete: bool) -> dict[str, Any]:
+                  entries: list[dict[str, Any]], started: float, finished: float, complete: bool,
+                  models: list[dict[str, Any]]) -> dict[str, Any]:
     verdicts = candidate_verdicts(entries)
     counts = {v: sum(1 for e in entries if e["result"]["verdict"] == v) for v in CELL}
     return {
         "schema": SCHEMA, "run_id": run_id, "started": started, "finished": finished, "complete": complete,
-        "plan": plan, "host": host, "packages": packages, "counts": counts,
+        "plan": plan, "models": models, "host": host, "packages": packages, "counts": counts,
         "candidates": verdicts, "cases": sorted(entries, key=lambda e: (e["case"], e["gate"])),
     }
 
 
-def _cell(result: dict[str, Any]) -> str:
+def cell_text(result: dict[str, Any]) -> str:
     text = CELL[result["verdict"]]
     value, unit = result.get("value"), result.get("unit", "")
     if value is None or result["verdict"] in (NOT_EVALUATED, ERROR):
@@ -63,7 +64,7 @@ def matrix_lines(entries: list[dict[str, Any]], gates: tuple[str, ...]) -> list[
     """A fixed-width candidate x gate table; cells show verdict, value and the decisive bound."""
     cases = sorted({e["case"] for e in entries})
     present = [g for g in gates if any(e["gate"] == g for e in entries)]
-    cell = {(e["case"], e["gate"]): _cell(e["result"]) for e in entries}
+    cell = {(e["case"], e["gate"]): cell_text(e["result"]) for e in entries}
     rows = [["candidate", *present, "verdict"]]
     verdicts = candidate_verdicts(entries)
     rows += [[c, *(cell.get((c, g), "-") for g in present), verdicts[c].upper().replace("_", " ")] for c in cases]

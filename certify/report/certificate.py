@@ -1,0 +1,149 @@
+"""The certificate's content: an in-toto Statement whose subjects are the certified candidate models (by digest)
+and whose predicate (``certify.attest.PREDICATE_TYPE``) holds everything a release job needs to trust it::
+
+    verdict            certified | not_certified | incomplete (the run as a whole)
+    run                id, started, finished (UTC ISO 8601), complete
+    harness            name and version of this tool
+    plan, policy       name, source, digest; the policy's thresholds
+    host, packages     the host fingerprint and description; every installed distribution's version
+    models[]           per model: metric, baseline and dataset with their digests
+    candidates[]       per candidate: digest and files, framework, device asked for and devices that really ran,
+                       its policy, every gate's verdict/value/interval/threshold/reason, and its verdict
+    not_evaluated[]    case, gates and the reason they could not run here
+    dev_key            true when signed with a throwaway development key (never trust it for a release)
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import defaultdict
+from typing import Any
+
+from certify import DISTRIBUTION, __version__
+from certify.attest import PREDICATE_TYPE, STATEMENT_TYPE
+from certify.digests import file_sha256, model_digest
+from certify.errors import CertifyError
+from certify.gates import NOT_EVALUATED
+from certify.plan import ModelRef, Plan
+from certify.report.results import candidate_verdicts, not_evaluated_groups
+
+GATE_FIELDS = ("verdict", "value", "interval", "threshold", "comparison", "unit", "reason")
+
+
+def iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> float:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _ref(ref: ModelRef) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": ref.name, "path": str(ref.path), "framework": ref.framework,
+                             "device": ref.device, "platforms": list(ref.platforms)}
+    try:
+        entry.update(model_digest(ref.path).to_dict())
+    except (CertifyError, OSError) as exc:
+        entry["digest_error"] = str(exc)
+    return entry
+
+
+def describe_models(plan: Plan) -> list[dict[str, Any]]:
+    """Every model file of the plan with its digest, as found at the end of the run."""
+    out = []
+    for model in plan.models:
+        data = model.dataset
+        dataset: dict[str, Any] = {"source": str(data.path) if data.path else data.loader}
+        if data.path is not None and data.path.is_file():
+            dataset["sha256"] = file_sha256(data.path)
+        out.append({"name": model.name, "metric": model.metric, "baseline": _ref(model.baseline),
+                    "dataset": dataset, "candidates": [_ref(c) for c in model.candidates]})
+    return out
+
+
+def _changed_during_run(case: str, current: str | None, records: list[dict[str, Any]]) -> bool:
+    seen = {r.get("digests", {}).get("candidate") for r in records if r.get("case") == case}
+    seen.discard(None)
+    return bool(seen) and seen != {current}
+
+
+def _executed(case: str, records: list[dict[str, Any]]) -> list[str]:
+    found = set()
+    for r in records:
+        if r.get("case") != case:
+            continue
+        m = r.get("measurement") or {}
+        cand = m.get("candidate")
+        cand = cand if isinstance(cand, dict) else {}
+        for value in (m.get("candidate_where"), cand.get("executed_device")):
+            if value:
+                found.add(str(value))
+    return sorted(found)
+
+
+def _candidates(results: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    verdicts = candidate_verdicts(results["cases"])
+    refs = {f"{m['name']}/{c['name']}": c for m in results.get("models", []) for c in m["candidates"]}
+    gates: dict[str, dict[str, Any]] = defaultdict(dict)
+    policies: dict[str, Any] = {}
+    for entry in results["cases"]:
+        gates[entry["case"]][entry["gate"]] = {k: entry["result"].get(k) for k in GATE_FIELDS}
+    for r in records:
+        policies[r["case"]] = r.get("policy")
+    out = []
+    for case in sorted(verdicts):
+        ref = refs.get(case, {})
+        entry = {"case": case, **{k: ref.get(k) for k in ("name", "path", "framework", "device", "platforms",
+                                                          "sha256", "files")},
+                 "model": case.split("/", 1)[0], "executed_devices": _executed(case, records),
+                 "policy": policies.get(case) or results["plan"]["policy"], "gates": gates[case],
+                 "verdict": verdicts[case]}
+        if not ref.get("sha256"):
+            entry.update(verdict="not_certified", reason=f"the model file could not be digested: "
+                         f"{ref.get('digest_error', 'not in the plan')}")
+        elif _changed_during_run(case, ref["sha256"], records):
+            entry.update(verdict="not_certified", reason="the model file changed while it was being certified")
+        out.append(entry)
+    return out
+
+
+def overall_verdict(candidates: list[dict[str, Any]], complete: bool) -> str:
+    verdicts = {c["verdict"] for c in candidates}
+    if "not_certified" in verdicts:
+        return "not_certified"
+    if not complete or not candidates or verdicts != {"certified"}:
+        return "incomplete"
+    return "certified"
+
+
+def build_statement(results: dict[str, Any], records: list[dict[str, Any]], *, dev_key: bool = False
+                    ) -> dict[str, Any]:
+    candidates = _candidates(results, records)
+    not_evaluated = [{"case": case, "gates": sorted(g), "reason": reason}
+                     for (case, reason), g in not_evaluated_groups(results["cases"]).items()]
+    predicate = {
+        "verdict": overall_verdict(candidates, bool(results.get("complete"))),
+        "run": {"id": results["run_id"], "started": iso(results["started"]), "finished": iso(results["finished"]),
+                "complete": bool(results.get("complete"))},
+        "harness": {"name": DISTRIBUTION, "version": __version__},
+        "plan": {k: results["plan"].get(k) for k in ("name", "source", "digest")},
+        "policy": results["plan"]["policy"], "host": results["host"], "packages": results["packages"],
+        "models": [{k: m[k] for k in ("name", "metric", "baseline", "dataset")} for m in results.get("models", [])],
+        "candidates": candidates, "not_evaluated": not_evaluated, "dev_key": dev_key,
+    }
+    subjects = [{"name": c["case"], "digest": {"sha256": c["sha256"]}, "annotations": {"path": c["path"]}}
+                for c in candidates if c["verdict"] == "certified"]
+    return {"_type": STATEMENT_TYPE, "subject": subjects, "predicateType": PREDICATE_TYPE, "predicate": predicate}
+
+
+def required_gates_missing(candidate: dict[str, Any], required: list[str]) -> list[str]:
+    """The required gates a candidate did not pass ('not evaluated' and absent count as not passed)."""
+    missing = []
+    for gate in required:
+        result = candidate["gates"].get(gate)
+        if result is None:
+            missing.append(f"{gate} (not run)")
+        elif result["verdict"] != "pass":
+            word = "not evaluated" if result["verdict"] == NOT_EVALUATED else result["verdict"]
+            missing.append(f"{gate} ({word}: {result['reason']})")
+    return missing

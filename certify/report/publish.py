@@ -1,0 +1,128 @@
+"""Turn a run folder's results and evidence into its outputs: the certificate (signed when a key is configured and
+the run is complete, else an unsigned statement that says why), the HTML report and the Markdown summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from certify.attest import Signer, public_pem, read_unverified, sign_statement
+from certify.errors import CertifyError
+from certify.evidence import RESULTS_FILE, EvidenceStore, write_json_atomic
+from certify.report.certificate import build_statement
+
+CERTIFICATE_FILE, STATEMENT_FILE = "certificate.json", "statement.json"
+HTML_FILE, SUMMARY_FILE, DEV_PUBLIC_KEY = "report.html", "summary.md", "dev-key.pub"
+NO_KEY = ("no signing key configured: make one with `certify keygen --out KEY`, then pass "
+          "--certify-sign-key KEY or set $CERTIFY_SIGNING_KEY")
+INCOMPLETE = "the run was interrupted or did not complete: an incomplete run is never signed"
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    path = run_dir / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise CertifyError(f"{path} not found", hint="give a run folder: reports/<run-id>") from None
+    except ValueError as exc:
+        raise CertifyError(f"{path} is not valid JSON ({exc})", hint="re-run the certification") from None
+    return results, EvidenceStore(run_dir).records()
+
+
+def _shown(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd()))
+    return str(path)
+
+
+def verify_command(run_dir: Path, statement: dict[str, Any], public_key: str, dev_key: bool) -> str:
+    parts = ["certify", "verify", _shown(run_dir / CERTIFICATE_FILE), "--key", public_key]
+    for subject in statement["subject"]:
+        parts += ["--model", _shown(Path(subject["annotations"]["path"]))]
+    if dev_key:
+        parts.append("--allow-dev-key")
+    return " ".join(parts)
+
+
+def _public_key_shown(signer: Signer, run_dir: Path) -> str:
+    if signer.dev_key:
+        path = run_dir / DEV_PUBLIC_KEY
+        path.write_bytes(public_pem(signer.key.public_key()))
+        return _shown(path)
+    pub = Path(signer.source + ".pub")
+    return _shown(pub) if pub.is_file() else "SIGNER.pub"
+
+
+def certify_run(run_dir: Path, signer: Signer | None) -> dict[str, Any]:
+    """Write the certificate (or the unsigned statement), the HTML report and the Markdown summary."""
+    results, records = load_run(run_dir)
+    complete = bool(results.get("complete"))
+    sign_with = signer if complete else None
+    statement = build_statement(results, records, dev_key=bool(sign_with and sign_with.dev_key))
+    for stale in (CERTIFICATE_FILE, STATEMENT_FILE):
+        (run_dir / stale).unlink(missing_ok=True)
+    if sign_with is None:
+        write_json_atomic(run_dir / STATEMENT_FILE, statement)
+        signature = _unsigned(INCOMPLETE if not complete else NO_KEY)
+    else:
+        write_json_atomic(run_dir / CERTIFICATE_FILE, sign_statement(statement, sign_with))
+        signature = {"signed": True, "keyid": sign_with.keyid, "dev_key": sign_with.dev_key,
+                     "certificate": CERTIFICATE_FILE, "reason_unsigned": None,
+                     "verify_command": verify_command(run_dir, statement, _public_key_shown(sign_with, run_dir),
+                                                      sign_with.dev_key)}
+    render(run_dir, results, records, statement, signature)
+    return signature
+
+
+def _unsigned(reason: str) -> dict[str, Any]:
+    return {"signed": False, "keyid": None, "dev_key": False, "certificate": STATEMENT_FILE,
+            "verify_command": None, "reason_unsigned": reason}
+
+
+def existing_signature(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The statement and signature facts of a run that was already certified, for re-rendering."""
+    cert = run_dir / CERTIFICATE_FILE
+    if cert.is_file():
+        statement, keyid = read_unverified(cert)
+        dev = bool(statement["predicate"].get("dev_key"))
+        public_key = _shown(run_dir / DEV_PUBLIC_KEY) if dev else "SIGNER.pub"
+        return statement, {"signed": True, "keyid": keyid, "dev_key": dev, "certificate": CERTIFICATE_FILE,
+                           "reason_unsigned": None,
+                           "verify_command": verify_command(run_dir, statement, public_key, dev)}
+    statement_path = run_dir / STATEMENT_FILE
+    if statement_path.is_file():
+        statement, _ = read_unverified(statement_path)
+        return statement, _unsigned(INCOMPLETE if not statement["predicate"]["run"]["complete"] else NO_KEY)
+    raise CertifyError(f"{run_dir} has no {CERTIFICATE_FILE} or {STATEMENT_FILE}",
+                       hint="it was made by an older version or never finished: re-run the certification")
+
+
+def rerender(run_dir: Path) -> dict[str, Any]:
+    """``certify report RUN_DIR``: re-render the report and summary from the evidence; the signature is kept."""
+    results, records = load_run(run_dir)
+    statement, signature = existing_signature(run_dir)
+    render(run_dir, results, records, statement, signature)
+    return signature
+
+
+def render(run_dir: Path, results: dict[str, Any], records: list[dict[str, Any]], statement: dict[str, Any],
+           signature: dict[str, Any]) -> None:
+    from certify.report.html import render_html
+    from certify.report.markdown import summary
+
+    _write_text(run_dir / HTML_FILE, render_html(results, records, signature))
+    text = summary(statement, signature)
+    _write_text(run_dir / SUMMARY_FILE, text)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

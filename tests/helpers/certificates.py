@@ -1,0 +1,66 @@
+"""Run results as the plugin writes them (results.json), over real model files, for certificate tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from certify.digests import model_digest
+from certify.gates import PASS
+from certify.policy import POLICIES
+
+UNITS = {"accuracy": ("%", ">=", 0.95), "speed": ("x", ">=", 2.0), "stability": ("x", "<=", 3.0),
+         "memory": ("%", ">=", 0.5)}
+GOOD = {"accuracy": (0.99, [0.98, 1.0]), "speed": (3.1, [2.8, 3.4]), "stability": (1.4, None),
+        "memory": (0.6, [0.58, 0.62])}
+
+
+def gate_result(gate: str, verdict: str = PASS, value: float | None = None,
+                interval: list[float] | None = None) -> dict[str, Any]:
+    unit, comparison, threshold = UNITS[gate]
+    good_value, good_interval = GOOD[gate]
+    value = good_value if value is None else value
+    interval = good_interval if interval is None and verdict == PASS else interval
+    return {"gate": gate, "verdict": verdict, "reason": f"{gate} {verdict} ({value})", "value": value,
+            "interval": interval, "threshold": threshold, "comparison": comparison, "unit": unit, "hint": "",
+            "details": {}}
+
+
+def model_file(folder: Path, name: str, payload: bytes | None = None) -> Path:
+    path = folder / f"{name}.onnx"
+    path.write_bytes(payload if payload is not None else f"model bytes of {name}".encode() * 64)
+    return path
+
+
+def ref(path: Path, name: str) -> dict[str, Any]:
+    return {"name": name, "path": str(path), "framework": "onnxruntime", "device": "cpu", "platforms": [],
+            **model_digest(path).to_dict()}
+
+
+def results_doc(folder: Path, gates: dict[str, dict[str, dict[str, Any]]], *, complete: bool = True,
+                finished: float | None = None, policy: str = "edge-default",
+                host: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``gates``: candidate name -> gate -> result dict (from ``gate_result``). Model files are made in ``folder``."""
+    finished = time.time() if finished is None else finished
+    baseline = model_file(folder, "baseline")
+    candidates = [ref(model_file(folder, name), name) for name in gates]
+    cases = [{"case": f"m/{name}", "model": "m", "candidate": name, "gate": gate, "framework": "onnxruntime",
+              "device": "cpu", "platforms": [], "markers": ["cpu", "onnxruntime"], "nodeid": f"x[m/{name}]",
+              "result": result}
+             for name, by_gate in gates.items() for gate, result in by_gate.items()]
+    return {
+        "schema": "certify.results/v1", "run_id": "20261121T000000Z-abcdef", "started": finished - 60,
+        "finished": finished, "complete": complete,
+        "plan": {"name": "test-plan", "source": str(folder / "certify.toml"), "digest": "sha256:00",
+                 "policy": POLICIES[policy].to_dict()},
+        "models": [{"name": "m", "metric": "top1_accuracy", "baseline": ref(baseline, "fp32"),
+                    "dataset": {"source": "data.npz", "sha256": "11" * 32}, "candidates": candidates}],
+        "host": host or {"fingerprint": "host-a", "platforms": ["amd"], "cpu_model": "AMD EPYC"},
+        "packages": {"python": "3.11.7", "edge-certify": "0.1.0"}, "counts": {}, "candidates": {},
+        "cases": cases,
+    }
+
+
+def all_pass(*names: str) -> dict[str, dict[str, dict[str, Any]]]:
+    return {name: {gate: gate_result(gate) for gate in UNITS} for name in names}
