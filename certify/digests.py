@@ -34,13 +34,14 @@ def file_sha256(path: Path) -> str:
     return _cached_file_sha256(str(path), *_stamp(path))
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is rewritten or replaced: the cache key that spares re-hashing large models."""
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _cached_file_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):

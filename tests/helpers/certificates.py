@@ -17,12 +17,12 @@ GOOD = {"accuracy": (0.99, [0.98, 1.0]), "speed": (3.1, [2.8, 3.4]), "stability"
 
 
 def gate_result(gate: str, verdict: str = PASS, value: float | None = None,
-                interval: list[float] | None = None) -> dict[str, Any]:
+                interval: list[float] | None = None, reason: str = "") -> dict[str, Any]:
     unit, comparison, threshold = UNITS[gate]
     good_value, good_interval = GOOD[gate]
     value = good_value if value is None else value
     interval = good_interval if interval is None and verdict == PASS else interval
-    return {"gate": gate, "verdict": verdict, "reason": f"{gate} {verdict} ({value})", "value": value,
+    return {"gate": gate, "verdict": verdict, "reason": reason or f"{gate} {verdict} ({value})", "value": value,
             "interval": interval, "threshold": threshold, "comparison": comparison, "unit": unit, "hint": "",
             "details": {}}
 

@@ -89,3 +89,17 @@ def test_edge_strict_is_at_least_as_strict_as_edge_default() -> None:
         else:
             raise AssertionError(f"threshold {key} has no strictness rule")
     assert stricter >= 1
+
+
+def test_weaker_points_compare_every_threshold_in_its_direction() -> None:
+    from certify.policy import weaker_points
+
+    assert weaker_points(STRICT.thresholds(), DEFAULT) == []
+    assert weaker_points(DEFAULT.thresholds(), DEFAULT) == []
+    found = weaker_points(DEFAULT.thresholds(), STRICT)
+    assert {f.split()[0] for f in found} == {"min_accuracy_retention", "max_p99_over_p50", "max_cv", "max_drift"}
+    point = DEFAULT.with_overrides({"decision": "point"})
+    assert any(f.startswith("decision 'point'") for f in weaker_points(point.thresholds(), DEFAULT))
+    assert weaker_points(DEFAULT.thresholds(), point) == []  # lower_bound is stricter than point
+    missing = {k: v for k, v in DEFAULT.thresholds().items() if k != "min_speedup"}
+    assert weaker_points(missing, DEFAULT) == ["min_speedup not recorded (required 2.0)"]
