@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -42,12 +43,14 @@ class Outcome:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_certification(folder: Path, plan: Path, *args: str) -> Outcome:
-    """``pytest <suites> --certify-plan PLAN ARGS`` in a fresh process with its reports under ``folder``."""
+def run_certification(folder: Path, plan: Path, *args: str, env: dict[str, str] | None = None) -> Outcome:
+    """``pytest <suites> --certify-plan PLAN ARGS`` in a fresh process with its reports under ``folder``;
+    ``env`` adds to the environment."""
     cmd = [sys.executable, "-m", "pytest", str(suites_dir()), "--certify-plan", str(plan),
            "--certify-report-dir", str(folder), "--certify-run-id", "run", "-p", "no:cacheprovider",
            "--rootdir", str(folder), "-rs", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=folder, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=folder, check=False,
+                          env={**os.environ, **(env or {})})
     outcome = Outcome(done.returncode, done.stdout, done.stderr, folder / "run")
     results = outcome.run_dir / "results.json"
     if results.exists():

@@ -19,7 +19,7 @@ ABSENT = {"int8-static-qdq-cuda": "nvidia", "int8-static-qdq-intel": "intel"}
 @pytest.fixture(scope="module")
 def demo_run(demo_plan: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     """The demo certified once; the tests below read its outcome."""
-    return run_certification(tmp_path_factory.mktemp("demo"), demo_plan)
+    return run_certification(tmp_path_factory.mktemp("demo"), demo_plan, "--certify-dev-key")
 
 
 def test_good_candidates_pass_accuracy_and_memory(demo_run: Outcome) -> None:
@@ -88,3 +88,14 @@ def test_platform_marker_selects_its_cases_and_skips_them_here(
     assert {c["candidate"] for c in outcome.results["cases"]} == {candidate}
     assert all(c["result"]["verdict"] == "not_evaluated" for c in outcome.results["cases"])
     assert f"NOT EVALUATED: target platform {marker} not present on this host" in outcome.stdout
+
+
+def test_demo_certificate_is_signed_with_a_dev_key_that_verify_refuses(demo_run: Outcome) -> None:
+    from certify import cli
+
+    cert, pub = demo_run.run_dir / "certificate.json", demo_run.run_dir / "dev-key.pub"
+    assert cert.exists() and pub.exists() and (demo_run.run_dir / "report.html").exists()
+    model = next(c["path"] for m in demo_run.results["models"] for c in m["candidates"] if c["name"] == "int8-dynamic")
+    args = ["verify", str(cert), "--key", str(pub), "--model", model, "--require", "accuracy", "--require", "memory"]
+    assert cli.main(args) == 1  # a throwaway key never passes a release gate by default
+    assert cli.main([*args, "--allow-dev-key"]) == 0
