@@ -131,6 +131,31 @@ def cmd_report(ns: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _emit(result: Any, ns: argparse.Namespace) -> None:
+    """Print a comparison or fleet as text (default), JSON, or Markdown; also write Markdown to a file if asked."""
+    if ns.markdown:
+        Path(ns.markdown).write_text(result.markdown(), encoding="utf-8")
+    if ns.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print("\n".join(result.lines()))
+
+
+def cmd_compare(ns: argparse.Namespace, extra: list[str]) -> int:
+    from certify.report.compare import compare
+
+    comparison = compare(Path(ns.old), Path(ns.new), [Path(k) for k in ns.key], tolerance=ns.tolerance)
+    _emit(comparison, ns)
+    return 1 if comparison.regressions else 0
+
+
+def cmd_merge(ns: argparse.Namespace, extra: list[str]) -> int:
+    from certify.report.fleet import merge
+
+    _emit(merge([Path(c) for c in ns.certificates], [Path(k) for k in ns.key]), ns)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="certify", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,7 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_parser(sub)
     report = sub.add_parser("report", help="re-render a run's HTML report and Markdown summary from its evidence")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    _fleet_parsers(sub)
     return parser
+
+
+def _fleet_parsers(sub: Any) -> None:
+    compare = sub.add_parser("compare", help="regressions between two certificates (exit 1 when a gate got worse)")
+    compare.add_argument("old", metavar="OLD")
+    compare.add_argument("new", metavar="NEW")
+    compare.add_argument("--tolerance", type=float, default=0.25, metavar="FRACTION",
+                         help="relative change that counts for values without an interval (default 0.25)")
+    merge = sub.add_parser("merge", help="one fleet matrix (candidate x hardware x gate) from several certificates")
+    merge.add_argument("certificates", nargs="+", metavar="CERT")
+    for parser in (compare, merge):
+        parser.add_argument("--key", action="append", default=[], metavar="PUB",
+                            help="trusted public key (repeatable); without one, signatures are not checked")
+        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--markdown", metavar="FILE", help="also write the result as Markdown to FILE")
 
 
 def _verify_parser(sub: Any) -> None:
@@ -165,7 +206,7 @@ def _verify_parser(sub: Any) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "doctor": cmd_doctor, "keygen": cmd_keygen, "verify": cmd_verify,
-            "report": cmd_report}
+            "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

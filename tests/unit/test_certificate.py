@@ -43,8 +43,9 @@ def test_a_model_that_changed_during_the_run_is_not_certified(tmp_path: Path) ->
 
 def test_devices_that_really_ran_are_recorded(tmp_path: Path) -> None:
     results = results_doc(tmp_path, all_pass("int8"))
-    records = [{"case": "m/int8", "gate": "speed", "measurement": {"candidate": {"executed_device": "CPUExecutionProvider"}}},
-               {"case": "m/int8", "gate": "accuracy", "measurement": {"candidate_where": "CPUExecutionProvider"}}]
+    ran = "CPUExecutionProvider"
+    records = [{"case": "m/int8", "gate": "speed", "measurement": {"candidate": {"executed_device": ran}}},
+               {"case": "m/int8", "gate": "accuracy", "measurement": {"candidate_where": ran}}]
     pred = build_statement(results, records)["predicate"]
     assert pred["candidates"][0]["executed_devices"] == ["CPUExecutionProvider"]
     assert pred["verdict"] == "certified"

@@ -7,15 +7,14 @@ import base64
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from certify import attest, cli
 from certify.gates import FAIL, NOT_EVALUATED
-from certify.report.certificate import build_statement
 from certify.verify import Request, verify
 from tests.helpers.certificates import all_pass, gate_result, results_doc
+from tests.helpers.signed import write_certificate, write_public_key
 
 
 @pytest.fixture
@@ -24,12 +23,6 @@ def keys(tmp_path: Path) -> tuple[attest.Signer, Path]:
     signer = attest.load_signer(private, environ={})
     assert signer is not None
     return signer, public
-
-
-def write_certificate(path: Path, results: dict[str, Any], signer: attest.Signer) -> Path:
-    statement = build_statement(results, [], dev_key=signer.dev_key)
-    path.write_text(json.dumps(attest.sign_statement(statement, signer)))
-    return path
 
 
 def refusals(req: Request) -> dict[str, str]:
@@ -109,15 +102,14 @@ def test_a_stale_or_future_certificate_is_refused(tmp_path: Path, keys: tuple[at
 
 def test_dev_key_incomplete_and_unsigned_are_refused(tmp_path: Path) -> None:
     dev = attest.dev_signer()
-    (tmp_path / "dev.pub").write_bytes(attest.public_pem(dev.key.public_key()))
+    write_public_key(tmp_path / "dev.pub", dev)
     cert = write_certificate(tmp_path / "dev.json", results_doc(tmp_path, all_pass("int8")), dev)
     assert "throwaway development key" in refusals(Request(cert, [tmp_path / "dev.pub"]))["key"]
     assert verify(Request(cert, [tmp_path / "dev.pub"], allow_dev_key=True)).ok
     partial = write_certificate(tmp_path / "partial.json",
                                 results_doc(tmp_path, all_pass("int8"), complete=False), dev)
     assert "interrupted" in refusals(Request(partial, [tmp_path / "dev.pub"], allow_dev_key=True))["complete"]
-    bare = tmp_path / "statement.json"
-    bare.write_text(json.dumps(build_statement(results_doc(tmp_path, all_pass("int8")), [])))
+    bare = write_certificate(tmp_path / "statement.json", results_doc(tmp_path, all_pass("int8")), None)
     assert "not a signed certificate" in refusals(Request(bare, [tmp_path / "dev.pub"]))["signature"]
 
 
