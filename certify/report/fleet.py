@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from certify.errors import CertifyError
-from certify.report.results import cell_text
 from certify.report.sources import UNVERIFIED_NOTE, Source, load_sources
-from certify.report.tables import counted, gate_order, markdown_table, text_table
+from certify.report.tables import cell_text, counted, gate_order, markdown_table, text_table
 
 VERIFIED_NOTE = "every certificate's signature verified with a trusted key"
 

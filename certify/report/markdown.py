@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from certify.hardware import GATES
-from certify.report.results import cell_text
+from certify.report.tables import cell_text, gate_order, markdown_cell, markdown_table
 
 VERDICT_TEXT = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "incomplete": "INCOMPLETE"}
 
 
-def _escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _matrix(candidates: list[dict[str, Any]]) -> list[str]:
-    gates = [g for g in GATES if any(g in c["gates"] for c in candidates)]
-    lines = ["| candidate | framework | ran on | " + " | ".join(gates) + " | verdict |",
-             "|---|---|---|" + "---|" * len(gates) + "---|"]
-    for c in candidates:
-        cells = [cell_text(c["gates"][g]) if g in c["gates"] else "-" for g in gates]
-        lines.append(f"| {_escape(c['case'])} | {c.get('framework') or '-'} | "
-                     f"{_escape(', '.join(c['executed_devices']) or '-')} | "
-                     + " | ".join(_escape(x) for x in cells) + f" | **{VERDICT_TEXT[c['verdict']]}** |")
-    return lines
+    gates = gate_order(g for c in candidates for g in c["gates"])
+    rows = [["candidate", "framework", "ran on", *gates, "verdict"]]
+    rows += [[c["case"], c.get("framework") or "-", ", ".join(c["executed_devices"]) or "-",
+              *(cell_text(c["gates"][g]) if g in c["gates"] else "-" for g in gates),
+              f"**{VERDICT_TEXT[c['verdict']]}**"] for c in candidates]
+    return markdown_table(rows)
 
 
 def _signature_lines(signature: dict[str, Any]) -> list[str]:
@@ -43,8 +35,9 @@ def summary(statement: dict[str, Any], signature: dict[str, Any]) -> str:
              f"`{pred['run']['id']}`, {pred['run']['started']} to {pred['run']['finished']}, "
              f"host `{pred['host'].get('fingerprint', '?')}`.", "", *_matrix(pred["candidates"]), ""]
     for item in pred["not_evaluated"]:
-        lines.append(f"- NOT EVALUATED {_escape(item['case'])} ({', '.join(item['gates'])}): {_escape(item['reason'])}")
+        gates = ", ".join(item["gates"])
+        lines.append(f"- NOT EVALUATED {markdown_cell(item['case'])} ({gates}): {markdown_cell(item['reason'])}")
     for c in pred["candidates"]:
         if c.get("reason"):
-            lines.append(f"- {_escape(c['case'])}: {_escape(c['reason'])}")
+            lines.append(f"- {markdown_cell(c['case'])}: {markdown_cell(c['reason'])}")
     return "\n".join([*lines, "", *_signature_lines(signature)]) + "\n"

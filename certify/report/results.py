@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from certify.gates import ERROR, FAIL, NOT_EVALUATED, PASS
+from certify.gates import ERROR, FAIL, NOT_EVALUATED
+from certify.report.tables import CELL, cell_text, text_table
 
 SCHEMA = "certify.results/v1"
-CELL = {PASS: "PASS", FAIL: "FAIL", NOT_EVALUATED: "NOT EVALUATED", ERROR: "ERROR"}
 
 
 def candidate_verdicts(entries: list[dict[str, Any]]) -> dict[str, str]:
@@ -39,18 +39,6 @@ def build_results(*, run_id: str, plan: dict[str, Any], host: dict[str, Any], pa
     }
 
 
-def cell_text(result: dict[str, Any]) -> str:
-    text = CELL[result["verdict"]]
-    value, unit = result.get("value"), result.get("unit", "")
-    if value is None or result["verdict"] in (NOT_EVALUATED, ERROR):
-        return text
-    shown = f"{value:.1%}" if unit == "%" else f"{value:.2f}{unit}"
-    if result.get("interval"):
-        low = result["interval"][0] if result.get("comparison") == ">=" else result["interval"][1]
-        shown += f" [{low:.1%}]" if unit == "%" else f" [{low:.2f}{unit}]"
-    return f"{text} {shown}"
-
-
 def not_evaluated_groups(entries: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
     """(case, reason) -> gates, so one reason shared by a case's gates is said once."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -68,6 +56,4 @@ def matrix_lines(entries: list[dict[str, Any]], gates: tuple[str, ...]) -> list[
     rows = [["candidate", *present, "verdict"]]
     verdicts = candidate_verdicts(entries)
     rows += [[c, *(cell.get((c, g), "-") for g in present), verdicts[c].upper().replace("_", " ")] for c in cases]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return [lines[0], "-" * len(lines[0]), *lines[1:]]
+    return text_table(rows)

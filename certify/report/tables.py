@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from certify.gates import ERROR, FAIL, NOT_EVALUATED, PASS
 from certify.hardware import GATES
+
+CELL = {PASS: "PASS", FAIL: "FAIL", NOT_EVALUATED: "NOT EVALUATED", ERROR: "ERROR"}
 
 
 def gate_order(gates: Iterable[str]) -> list[str]:
@@ -55,3 +58,16 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
     """A GitHub-flavoured Markdown table; the first row is the header."""
     lines = ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
     return [lines[0], "|" + "---|" * len(rows[0]), *lines[1:]]
+
+
+def cell_text(result: dict[str, Any]) -> str:
+    """A matrix cell: 'VERDICT value [decisive bound]' (the bound the lower_bound rule judged)."""
+    text = CELL[result["verdict"]]
+    value, unit = result.get("value"), result.get("unit", "")
+    if value is None or result["verdict"] in (NOT_EVALUATED, ERROR):
+        return text
+    shown = value_text(value, unit)
+    if result.get("interval"):
+        bound = result["interval"][0] if result.get("comparison") == ">=" else result["interval"][1]
+        shown += f" [{value_text(bound, unit)}]"
+    return f"{text} {shown}"
