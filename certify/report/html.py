@@ -1,0 +1,425 @@
+"""The self-contained HTML certification report.
+
+``render_html(results, records, signature)`` turns ``results.json``, the parsed ``evidence.jsonl`` records and
+the signing outcome into one HTML file: inline CSS and SVG only, no script and no URL, so it opens offline, under
+a ``default-src 'none'`` Content-Security-Policy, and prints. The functions here build a plain view model
+(strings, numbers, lists, pre-rendered SVG); the Jinja2 template only lays it out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import json
+from collections import defaultdict
+from typing import Any
+
+from jinja2 import Environment, PackageLoader
+from markupsafe import Markup
+
+from certify.gates import ERROR, FAIL, NOT_EVALUATED, PASS
+from certify.report import charts
+from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
+from certify.report.results import not_evaluated_groups
+from certify.report.tables import CELL, gate_order
+
+CANDIDATE_LABEL = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "incomplete": "INCOMPLETE"}
+THRESHOLD_UNIT = {"min_accuracy_retention": "%", "min_speedup": "x", "min_memory_reduction": "%",
+                  "max_p99_over_p50": "x", "max_drift": "%", "confidence": "%"}
+DECISION_RULE = {"lower_bound": "the confidence interval's bound on the threshold's side must clear it",
+                 "point": "the point estimate must clear the threshold"}
+FIGURE_WIDTH = 650  # a chart beside its headline figure
+Entry = dict[str, Any]
+
+
+def render_html(results: dict[str, Any], records: list[dict[str, Any]], signature: dict[str, Any] | None) -> str:
+    """The report as one HTML document (a str, ready to write with UTF-8)."""
+    return _environment().get_template("report.html.j2").render(**build_view(results, records, signature))
+
+
+@functools.cache
+def _environment() -> Environment:
+    return Environment(loader=PackageLoader("certify.report", "templates"), autoescape=True,
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def build_view(results: dict[str, Any], records: list[dict[str, Any]],
+               signature: dict[str, Any] | None) -> dict[str, Any]:
+    entries: list[Entry] = list(results.get("cases") or [])
+    thresholds: dict[str, Any] = (results.get("plan") or {}).get("policy", {}).get("thresholds", {})
+    latest = latest_records(records)
+    gates = gate_columns(entries)
+    candidates = [candidate_view(i, case, rows, latest, results, thresholds)
+                  for i, (case, rows) in enumerate(sorted(by_case(entries).items()))]
+    return {
+        "title": f"Certification report \u2014 {(results.get('plan') or {}).get('name', 'unnamed plan')}",
+        "banner": banner(results), "gates": gates, "matrix": matrix_rows(candidates, gates),
+        "overview": overview_charts(entries, thresholds), "candidates": candidates,
+        "pareto": pareto_views(entries, latest, thresholds), "not_evaluated": not_evaluated_view(entries),
+        "errors": [e for e in candidate_gate_rows(entries) if e["verdict"] == ERROR],
+        "stages": stages_view(entries), "env": environment_view(results), "models": models_view(results),
+        "signature": signature_view(signature),
+    }
+
+
+# --- shared helpers --------------------------------------------------------------------------------------------
+
+
+def latest_records(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(case, gate) -> its last record: a later record for the same case and gate supersedes an earlier one."""
+    return {(r["case"], r["gate"]): r for r in records if "case" in r and "gate" in r}
+
+
+def by_case(entries: list[Entry]) -> dict[str, list[Entry]]:
+    grouped: dict[str, list[Entry]] = defaultdict(list)
+    for entry in entries:
+        grouped[entry["case"]].append(entry)
+    return dict(grouped)
+
+
+def gate_columns(entries: list[Entry]) -> list[str]:
+    return gate_order(e["gate"] for e in entries)
+
+
+def utc_iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "unknown"
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    return "" if value is None else charts.fmt(value, unit)
+
+
+def decisive_bound(result: dict[str, Any]) -> float | None:
+    """The figure the gate decided on: the interval's lower bound for >=, upper for <=, else the estimate."""
+    interval = result.get("interval")
+    if interval:
+        return float(interval[0] if result.get("comparison", ">=") == ">=" else interval[1])
+    return number(result.get("value"))
+
+
+# --- verdicts --------------------------------------------------------------------------------------------------
+
+
+def banner(results: dict[str, Any]) -> dict[str, Any]:
+    """CERTIFIED only when the run completed and every candidate is certified; any failed or errored candidate
+    makes it NOT CERTIFIED; anything else (gates not evaluated, an unfinished run, no candidate) is INCOMPLETE."""
+    verdicts = list((results.get("candidates") or {}).values())
+    certified = sum(v == "certified" for v in verdicts)
+    if verdicts and certified == len(verdicts) and results.get("complete", False):
+        status = "certified"
+    elif "not_certified" in verdicts:
+        status = "not_certified"
+    else:
+        status = "incomplete"
+    counts = results.get("counts") or {}
+    notes = [] if results.get("complete", False) else ["the run did not complete"]
+    return {"status": status, "label": CANDIDATE_LABEL[status],
+            "summary": f"{certified} of {len(verdicts)} candidate{'s' if len(verdicts) != 1 else ''} certified",
+            "counts": [(CELL[v], v, int(counts.get(v, 0))) for v in (PASS, FAIL, NOT_EVALUATED, ERROR)],
+            "notes": notes}
+
+
+def gate_cell(entry: Entry) -> dict[str, Any]:
+    result = entry["result"]
+    verdict, unit = result["verdict"], result.get("unit", "")
+    value = number(result.get("value")) if verdict in (PASS, FAIL) else None
+    bound, threshold = decisive_bound(result), number(result.get("threshold"))
+    decided = ""
+    if value is not None and threshold is not None and bound is not None:
+        cmp = _relation(bound, threshold, result.get("comparison", ">="))
+        decided = f"{'bound ' if result.get('interval') else ''}{charts.fmt(bound, unit)} {cmp} " \
+                  f"{charts.fmt(threshold, unit)}"
+    return {"gate": entry["gate"], "verdict": verdict, "label": CELL.get(verdict, verdict.upper()),
+            "value": fmt_value(value, unit), "decided": decided, "reason": result.get("reason", ""),
+            "hint": result.get("hint", "")}
+
+
+def _relation(bound: float, threshold: float, comparison: str) -> str:
+    """The operator that is true of the decisive figure: the required one when it clears, its negation if not."""
+    if comparison == ">=":
+        return "\u2265" if bound >= threshold else "<"
+    return "\u2264" if bound <= threshold else ">"
+
+
+def candidate_gate_rows(entries: list[Entry]) -> list[dict[str, Any]]:
+    return [{"case": e["case"], **gate_cell(e)} for e in sorted(entries, key=lambda e: (e["case"], e["gate"]))]
+
+
+def matrix_rows(candidates: list[dict[str, Any]], gates: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for cand in candidates:
+        cells = {c["gate"]: c for c in cand["gates"]}
+        rows.append({"case": cand["case"], "anchor": cand["anchor"], "status": cand["status"],
+                     "label": cand["label"], "cells": [cells.get(g) for g in gates]})
+    return rows
+
+
+# --- per candidate ---------------------------------------------------------------------------------------------
+
+
+def candidate_view(index: int, case: str, entries: list[Entry], latest: dict[tuple[str, str], dict[str, Any]],
+                   results: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
+    first = entries[0]
+    status = (results.get("candidates") or {}).get(case, "incomplete")
+    results_by_gate = {e["gate"]: e["result"] for e in entries}
+    order = {g: i for i, g in enumerate(gate_columns(entries))}
+    cells = sorted((gate_cell(e) for e in entries), key=lambda c: order[c["gate"]])
+    return {
+        "case": case, "anchor": f"candidate-{index + 1}", "model": first.get("model", ""),
+        "candidate": first.get("candidate", case), "framework": first.get("framework", ""),
+        "device": first.get("device", ""), "markers": ", ".join(first.get("markers") or []),
+        "status": status, "label": CANDIDATE_LABEL.get(status, status.upper()),
+        "gates": cells, "gate_rows": merge_same_reason(cells),
+        "accuracy": accuracy_view(results_by_gate.get("accuracy"), thresholds),
+        "speed": speed_view(case, results_by_gate.get("speed"), latest, thresholds),
+        "memory": memory_view(case, results_by_gate.get("memory"), latest, thresholds),
+    }
+
+
+def merge_same_reason(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gates with the same verdict, reason and hint (e.g. all not evaluated on a host without the target
+    platform) become one row naming them all, so a reason is said once."""
+    merged: list[dict[str, Any]] = []
+    for cell in cells:
+        same = next((m for m in merged if (m["verdict"], m["reason"], m["hint"]) ==
+                     (cell["verdict"], cell["reason"], cell["hint"])), None)
+        if same is None or cell["verdict"] == PASS:
+            merged.append({**cell, "gates": [cell["gate"]]})
+        else:
+            same["gates"].append(cell["gate"])
+    return merged
+
+
+def _interval_row(label: str, result: dict[str, Any]) -> IntervalRow | None:
+    value = number(result.get("value"))
+    if value is None or result.get("verdict") not in (PASS, FAIL):
+        return None
+    interval = result.get("interval") or [None, None]
+    return IntervalRow(label, value, number(interval[0]), number(interval[1]), result["verdict"])
+
+
+def _figure(result: dict[str, Any]) -> dict[str, str]:
+    unit, interval = result.get("unit", ""), result.get("interval")
+    return {"value": fmt_value(number(result.get("value")), unit),
+            "interval": f"{charts.fmt(interval[0], unit)} \u2013 {charts.fmt(interval[1], unit)}" if interval else "",
+            "threshold": fmt_value(number(result.get("threshold")), unit), "verdict": result["verdict"]}
+
+
+def accuracy_view(result: dict[str, Any] | None, thresholds: dict[str, Any]) -> dict[str, Any] | None:
+    row = _interval_row("", result) if result else None
+    if result is None or row is None:
+        return None
+    details = result.get("details") or {}
+    facts = [("metric", str(details.get("metric", ""))),
+             ("baseline", _plain(details.get("baseline"))), ("candidate", _plain(details.get("candidate"))),
+             ("top-1 agreement", fmt_value(number(details.get("top1_agreement")), "%")),
+             ("samples", _plain(details.get("samples")))]
+    return {**_figure(result), "facts": [f for f in facts if f[1]],
+            "chart": Markup(charts.retention_chart([row], number(thresholds.get("min_accuracy_retention")),
+                                                   FIGURE_WIDTH))}
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def speed_view(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],
+               thresholds: dict[str, Any]) -> dict[str, Any] | None:
+    measurement = (latest.get((case, "speed")) or {}).get("measurement") or {}
+    samples_b, samples_c = measurement.get("baseline_ns"), measurement.get("candidate_ns")
+    if not samples_c:
+        samples_c = ((latest.get((case, "stability")) or {}).get("measurement") or {}).get("candidate_ns")
+    row = _interval_row("", result) if result else None
+    if row is None and not (samples_b or samples_c):
+        return None
+    details = (result or {}).get("details") or {}
+    facts = [("baseline p50", fmt_value(number(details.get("baseline_p50_ms")), "ms")),
+             ("candidate p50", fmt_value(number(details.get("candidate_p50_ms")), "ms")),
+             ("paired samples", _plain(details.get("samples"))), ("stopped", _plain(details.get("stop_reason"))),
+             ("duration", fmt_value(number(details.get("duration_s")), " s")),
+             ("executed on", _plain(details.get("executed_device")))]
+    chart = charts.speedup_chart([row], number(thresholds.get("min_speedup")), FIGURE_WIDTH) if row else ""
+    return {**(_figure(result) if result and row else {}), "facts": [f for f in facts if f[1]],
+            "chart": Markup(chart), "latency": Markup(charts.latency_chart(samples_b, samples_c))}
+
+
+def memory_figures(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],
+                   thresholds: dict[str, Any]) -> MemoryFigures | None:
+    measurement = (latest.get((case, "memory")) or {}).get("measurement") or {}
+    base, cand = measurement.get("baseline") or {}, measurement.get("candidate") or {}
+    details = (result or {}).get("details") or {}
+    figures = MemoryFigures(
+        number(base.get("model_bytes", details.get("baseline_bytes"))),
+        number(cand.get("model_bytes", details.get("candidate_bytes"))),
+        number(base.get("file_bytes", details.get("baseline_file_bytes"))),
+        number(cand.get("file_bytes", details.get("candidate_file_bytes"))))
+    reduction = number(thresholds.get("min_memory_reduction"))
+    if figures.baseline_model is not None and reduction is not None:
+        figures = dataclasses.replace(figures, candidate_limit=figures.baseline_model * (1.0 - reduction))
+    known = (figures.baseline_model, figures.candidate_model, figures.baseline_file, figures.candidate_file)
+    return None if all(v is None for v in known) else figures
+
+
+def memory_view(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],
+                thresholds: dict[str, Any]) -> dict[str, Any] | None:
+    figures = memory_figures(case, result, latest, thresholds)
+    if figures is None:
+        return None
+    details = (result or {}).get("details") or {}
+    method = details.get("method") or ((latest.get((case, "memory")) or {}).get("measurement") or {}).get(
+        "candidate", {}).get("method", "")
+    figure = _figure(result) if result and number(result.get("value")) is not None else {}
+    return {**figure, "method": method, "chart": Markup(charts.memory_chart(figures))}
+
+
+# --- across candidates -----------------------------------------------------------------------------------------
+
+
+def overview_charts(entries: list[Entry], thresholds: dict[str, Any]) -> dict[str, Markup]:
+    one_model = len({e.get("model") for e in entries}) == 1
+    label: dict[str, str] = {e["case"]: str(e.get("candidate", e["case"]) if one_model else e["case"])
+                             for e in entries}
+    speed = [r for e in entries if e["gate"] == "speed" and (r := _interval_row(label[e["case"]], e["result"]))]
+    accuracy = [r for e in entries
+                if e["gate"] == "accuracy" and (r := _interval_row(label[e["case"]], e["result"]))]
+    speed_chart = charts.speedup_chart(speed, number(thresholds.get("min_speedup"))) if speed else ""
+    accuracy_chart = charts.retention_chart(accuracy, number(thresholds.get("min_accuracy_retention"))) \
+        if accuracy else ""
+    return {"speed": Markup(speed_chart), "accuracy": Markup(accuracy_chart)}
+
+
+def _pareto_point(case: str, rows: list[Entry], latest: dict[tuple[str, str], dict[str, Any]]) -> ParetoPoint | str:
+    """A candidate's point, or why it cannot be plotted."""
+    results = {e["gate"]: e["result"] for e in rows}
+    speed, accuracy = (_interval_row("", results.get(g) or {}) for g in ("speed", "accuracy"))
+    missing = [g for g, r in (("speed", speed), ("accuracy", accuracy)) if r is None]
+    if speed is None or accuracy is None:
+        return f"no {' or '.join(missing)} measurement"
+    figures = memory_figures(case, results.get("memory"), latest, {})
+    memory = figures.candidate_model if figures else None
+    return ParetoPoint(rows[0].get("candidate", case), speed.value, accuracy.value, memory)
+
+
+def pareto_views(entries: list[Entry], latest: dict[tuple[str, str], dict[str, Any]],
+                 thresholds: dict[str, Any]) -> list[dict[str, Any]]:
+    """One Pareto chart per model (candidates of one model share a baseline, so their ratios compare)."""
+    models: dict[str, dict[str, list[Entry]]] = defaultdict(dict)
+    for case, rows in sorted(by_case(entries).items()):
+        models[rows[0].get("model", "")][case] = rows
+    views = []
+    for model, cases in models.items():
+        points, skipped = [], []
+        for case, rows in cases.items():
+            point = _pareto_point(case, rows, latest)
+            if isinstance(point, str):
+                skipped.append((rows[0].get("candidate", case), point))
+            else:
+                points.append(point)
+        chart = charts.pareto_chart(points, number(thresholds.get("min_speedup")),
+                                    number(thresholds.get("min_accuracy_retention")))
+        views.append({"model": model, "chart": Markup(chart), "skipped": skipped,
+                      "dominated": sorted(charts.dominated(points))})
+    return views
+
+
+def not_evaluated_view(entries: list[Entry]) -> list[dict[str, str]]:
+    return [{"case": case, "gates": ", ".join(gate_order(gates)), "reason": reason}
+            for (case, reason), gates in sorted(not_evaluated_groups(entries).items())]
+
+
+def stages_view(entries: list[Entry]) -> list[dict[str, str]]:
+    """Optimization stages that produced each candidate, from entries carrying a ``recipe`` dict."""
+    rows, seen = [], set()
+    for entry in entries:
+        recipe = entry.get("recipe")
+        if not isinstance(recipe, dict) or entry["case"] in seen:
+            continue
+        seen.add(entry["case"])
+        rows.append({"case": entry["case"],
+                     **{k: _recipe_text(recipe.get(k)) for k in ("stage", "tool", "version", "recipe")}})
+    return rows
+
+
+def _recipe_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+# --- environment and signature ---------------------------------------------------------------------------------
+
+
+def _host_value(key: str, value: Any) -> str:
+    if key.endswith("_bytes") and number(value) is not None:
+        return charts.human_bytes(float(value))
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _threshold_text(name: str, value: Any) -> str:
+    amount = number(value)
+    return str(value) if amount is None else charts.fmt(amount, THRESHOLD_UNIT.get(name, ""))
+
+
+def environment_view(results: dict[str, Any]) -> dict[str, Any]:
+    host: dict[str, Any] = results.get("host") or {}
+    plan: dict[str, Any] = results.get("plan") or {}
+    policy: dict[str, Any] = plan.get("policy") or {}
+    thresholds: dict[str, Any] = policy.get("thresholds") or {}
+    started, finished = number(results.get("started")), number(results.get("finished"))
+    return {
+        "run_id": results.get("run_id", "unknown"), "schema": results.get("schema", ""),
+        "started": utc_iso(started), "finished": utc_iso(finished),
+        "duration": f"{finished - started:.1f} s" if started is not None and finished is not None else "",
+        "complete": bool(results.get("complete", False)), "fingerprint": host.get("fingerprint", "unknown"),
+        "host": [(k, _host_value(k, v)) for k, v in sorted(host.items()) if k != "fingerprint"],
+        "packages": sorted((results.get("packages") or {}).items()),
+        "plan": {"name": plan.get("name", ""), "source": plan.get("source", ""), "digest": plan.get("digest", "")},
+        "policy": {"name": policy.get("name", ""), "digest": policy.get("digest", ""),
+                   "thresholds": [(k, _threshold_text(k, v)) for k, v in sorted(thresholds.items())],
+                   "rule": DECISION_RULE.get(str(thresholds.get("decision")), "the policy's decision rule"),
+                   "confidence": _threshold_text("confidence", thresholds.get("confidence", 0.95))},
+    }
+
+
+def _model_file(model: str, role: str, ref: dict[str, Any]) -> dict[str, str]:
+    where = " on ".join(str(v) for v in (ref.get("framework"), ref.get("device")) if v)
+    files = ref.get("files") or []
+    return {"model": model, "role": role, "name": str(ref.get("name") or ref.get("source") or ""), "where": where,
+            "sha256": str(ref.get("sha256") or ref.get("digest_error") or "not recorded"),
+            "files": f"{len(files)} files" if len(files) > 1 else ""}
+
+
+def models_view(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Every model file (baseline, candidates) and dataset of the plan with its digest."""
+    rows = []
+    for model in results.get("models") or []:
+        name = str(model.get("name", ""))
+        rows.append(_model_file(name, "baseline", model.get("baseline") or {}))
+        rows += [_model_file(name, "candidate", ref) for ref in model.get("candidates") or []]
+        if model.get("dataset"):
+            rows.append(_model_file(name, "dataset", model["dataset"]))
+    return rows
+
+
+def signature_view(signature: dict[str, Any] | None) -> dict[str, Any]:
+    if signature is None:
+        return {"state": "unknown", "reason": "no signing information was given to the report generator"}
+    if not signature.get("signed"):
+        return {"state": "unsigned", "certificate": signature.get("certificate") or "",
+                "reason": str(signature.get("reason_unsigned") or "no reason recorded").rstrip(".")}
+    return {"state": "signed", "keyid": signature.get("keyid") or "unknown",
+            "dev_key": bool(signature.get("dev_key")), "certificate": signature.get("certificate") or "",
+            "verify_command": signature.get("verify_command") or ""}
