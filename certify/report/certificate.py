@@ -68,16 +68,16 @@ def _changed_during_run(case: str, current: str | None, records: list[dict[str, 
 
 
 def _executed(case: str, records: list[dict[str, Any]]) -> list[str]:
+    """The devices that really ran the candidate, as its measurements recorded them."""
     found = set()
     for r in records:
         if r.get("case") != case:
             continue
         m = r.get("measurement") or {}
-        cand = m.get("candidate")
-        cand = cand if isinstance(cand, dict) else {}
-        for value in (m.get("candidate_where"), cand.get("executed_device")):
-            if value:
-                found.add(str(value))
+        for side in (m.get("candidate_where"), m.get("candidate")):
+            value = side.get("executed_device") if isinstance(side, dict) else side
+            if isinstance(value, str) and value:
+                found.add(value)
     return sorted(found)
 
 
@@ -137,13 +137,14 @@ def build_statement(results: dict[str, Any], records: list[dict[str, Any]], *, d
 
 
 def required_gates_missing(candidate: dict[str, Any], required: list[str]) -> list[str]:
-    """The required gates a candidate did not pass ('not evaluated' and absent count as not passed)."""
-    missing = []
+    """The required gates a candidate did not pass ('not evaluated' and absent count as not passed), grouped so
+    that a reason shared by several gates is said once."""
+    groups: dict[str, list[str]] = defaultdict(list)
     for gate in required:
         result = candidate["gates"].get(gate)
         if result is None:
-            missing.append(f"{gate} (not run)")
+            groups["not run"].append(gate)
         elif result["verdict"] != "pass":
             word = "not evaluated" if result["verdict"] == NOT_EVALUATED else result["verdict"]
-            missing.append(f"{gate} ({word}: {result['reason']})")
-    return missing
+            groups[f"{word}: {result['reason']}"].append(gate)
+    return [f"{', '.join(gates)} ({why})" for why, gates in groups.items()]

@@ -45,7 +45,8 @@ def test_devices_that_really_ran_are_recorded(tmp_path: Path) -> None:
     results = results_doc(tmp_path, all_pass("int8"))
     ran = "CPUExecutionProvider"
     records = [{"case": "m/int8", "gate": "speed", "measurement": {"candidate": {"executed_device": ran}}},
-               {"case": "m/int8", "gate": "accuracy", "measurement": {"candidate_where": ran}}]
+               {"case": "m/int8", "gate": "accuracy",
+                "measurement": {"candidate": 0.98, "candidate_where": {"executed_device": ran, "info": {"x": 1}}}}]
     pred = build_statement(results, records)["predicate"]
     assert pred["candidates"][0]["executed_devices"] == ["CPUExecutionProvider"]
     assert pred["verdict"] == "certified"
