@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from certify.hardware import FRAMEWORKS
 from certify.plan import ModelPlan, ModelRef, Plan
@@ -35,10 +36,11 @@ class Case:
             marks.append(self.candidate.framework)
         return marks
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         return {"case": self.id, "model": self.model.name, "candidate": self.candidate.name, "gate": self.gate,
                 "framework": self.candidate.framework, "device": self.candidate.device,
-                "platforms": list(self.candidate.platforms), "markers": self.markers()}
+                "platforms": list(self.candidate.platforms), "markers": self.markers(),
+                "recipe": self.candidate.recipe.describe() if self.candidate.recipe else None}
 
 
 def cases_for(plan: Plan, gate: str) -> list[Case]:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from certify.errors import PlanError, did_you_mean
+from certify.errors import CertifyError, PlanError, did_you_mean
 from certify.hardware import DEVICES, PLATFORMS
 from certify.metrics import METRICS
 from certify.policy import POLICIES, THRESHOLD_TYPES, Policy
+from certify.recipes import Recipe, check_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,7 +51,7 @@ class ModelRef:
     """One model file to run: a baseline or a candidate."""
 
     name: str
-    path: Path
+    path: Path | None  # None for a candidate made by a recipe until it is built
     framework: str
     device: str = "cpu"
     platforms: tuple[str, ...] = ()
@@ -58,6 +59,15 @@ class ModelRef:
     threads: int = 0
     options: tuple[tuple[str, Any], ...] = ()
     policy_overrides: tuple[tuple[str, Any], ...] = ()
+    recipe: Recipe | None = None
+
+    @property
+    def file(self) -> Path:
+        """The model file; a recipe's candidate has one only once built (``certify.recipes.build``)."""
+        if self.path is None:
+            raise CertifyError(f"candidate {self.name!r} is made by a recipe that has not been built",
+                               hint="the runner builds recipes before measuring; see certify.recipes.build")
+        return self.path
 
     @property
     def device_class(self) -> str:
@@ -283,6 +293,7 @@ def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
         for i, c in enumerate(cands_raw)
     )
     _unique([c.name for c in candidates], table, "candidates", "candidate name")
+    _check_recipe_sources(table, candidates)
     dataset = _dataset(table.sub("dataset"), base)
     if METRICS[metric].needs_labels and dataset.labels is None:
         raise table.error("dataset.labels", f"metric {metric!r} needs labels",
@@ -307,7 +318,10 @@ def _existing_path(table: _Table, key: str, base: Path) -> Path:
 def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> ModelRef:
     """One model; ``threads`` is the plan's ``measure.threads``, the default for a model that sets none."""
     allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options"}
-    table.check_keys(allowed | ({"policy"} if candidate else set()))
+    table.check_keys(allowed | ({"policy", "recipe"} if candidate else set()))
+    recipe = _recipe(table) if candidate and "recipe" in table.data else None
+    if recipe is not None and "path" in table.data:
+        raise table.error("recipe", "give either 'path' (a model file) or 'recipe' (how to make it), not both")
     framework = _framework(table)
     device = table.get("device", str, "cpu")
     platforms = _str_list(table, "platform")
@@ -317,7 +331,7 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
                               hint=f"known platforms: {', '.join(PLATFORMS)}")
     ref = ModelRef(
         name=table.get("name", str) if candidate else table.get("name", str, "baseline"),
-        path=_existing_path(table, "path", base),
+        path=None if recipe else _existing_path(table, "path", base),
         framework=framework,
         device=device,
         platforms=platforms,
@@ -326,11 +340,37 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
         options=_freeze(table.get("options", dict, {})),
         policy_overrides=tuple(sorted(_overrides(table, table.get("policy", dict, {})).items()))
         if candidate else (),
+        recipe=recipe,
     )
     if ref.device_class not in DEVICES:
         raise table.error("device", f"unknown device {device!r}{did_you_mean(device, DEVICES)}",
                           hint="use cpu, gpu or npu (or AUTO:<list> / HETERO:<list> for OpenVINO)")
     return ref
+
+
+def _recipe(table: _Table) -> Recipe:
+    spec = _Table(table.get("recipe", dict), table.file, table.key("recipe"))
+    tool, method = spec.get("tool", str), spec.get("method", str)
+    params = {k: v for k, v in spec.data.items() if k not in ("tool", "method", "from")}
+    for key, message in check_params(tool, method, params):
+        raise spec.error(key, message)
+    return Recipe(tool, method, spec.get("from", str, "baseline"), _freeze(params))
+
+
+def _check_recipe_sources(table: _Table, candidates: tuple[ModelRef, ...]) -> None:
+    """Every ``from`` names the baseline or another candidate, and no recipe depends on itself."""
+    by_name = {c.name: c for c in candidates}
+    for i, cand in enumerate(candidates):
+        seen, current = {cand.name}, cand
+        while current.recipe is not None and current.recipe.source != "baseline":
+            source = current.recipe.source
+            if source not in by_name:
+                raise table.error(f"candidates[{i}].recipe.from", f"unknown source {source!r}"
+                                  f"{did_you_mean(source, by_name)}", hint="'baseline' or another candidate's name")
+            if source in seen:
+                raise table.error(f"candidates[{i}].recipe.from", f"recipes form a cycle through {source!r}")
+            seen.add(source)
+            current = by_name[source]
 
 
 def _framework(table: _Table) -> str:

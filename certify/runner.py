@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,18 @@ from certify.hardware import Host
 from certify.measure import accuracy, dataset, footprint, speed
 from certify.metrics import METRICS
 from certify.plan import ModelPlan, ModelRef, Plan
+from certify.recipes import RecipeError, unavailable
+from certify.recipes.build import made_by, materialize
 
 EXCLUSIVE_GATES = ("speed", "stability", "memory")
 
 
 def _digest(ref: ModelRef) -> str | None:
     """The model's digest as measured (the certificate refuses a model whose file changed during the run)."""
+    if ref.path is None:
+        return None
     try:
-        return model_digest(ref.path).sha256
+        return model_digest(ref.file).sha256
     except (CertifyError, OSError):
         return None
 
@@ -46,9 +51,13 @@ class CertificationRun:
         measurement: dict[str, Any] = {}
         reason = self.why_not_evaluated(case)
         lock_wait = 0.0
+        built: Case | RecipeError = case if reason else self.built(case)
         if reason:
             result, finished = gates.not_evaluated(case.gate, reason), started
+        elif isinstance(built, RecipeError):
+            result, finished = gates.errored(case.gate, built.message, hint=built.hint), started
         else:
+            case = built
             with self.store.measurement_lock(exclusive=case.gate in EXCLUSIVE_GATES) as lock_wait:
                 started = time.time()  # the measurement window is the time the lock is held
                 result = self._measure(case, measurement)
@@ -59,6 +68,7 @@ class CertificationRun:
             "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started, "finished": finished,
             "serialized": case.gate in EXCLUSIVE_GATES, "lock_wait_s": lock_wait,
             "digests": {"baseline": _digest(case.model.baseline), "candidate": _digest(case.candidate)},
+            "made_by": made_by(case.candidate),
         }
         self.store.append(record)
         return result, record
@@ -76,6 +86,21 @@ class CertificationRun:
                                     f"{exc.message}", hint=exc.hint or self.hint(case))
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one run object per session
+    def built(self, case: Case) -> Case | RecipeError:
+        """The case with its candidate built from its recipe (once, under the exclusive measurement lock, since
+        building loads the cores), or the reason it could not be built."""
+        if case.candidate.recipe is None:
+            return case
+        policy = self.plan.policy_for(case.candidate)
+        try:
+            with self.store.measurement_lock(exclusive=True):
+                ref = materialize(case.model, case.candidate, max_drop=1.0 - policy.min_accuracy_retention,
+                                  seed=self.plan.measure.seed)
+        except RecipeError as exc:
+            return exc
+        return replace(case, candidate=ref)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
     def why_not_evaluated(self, case: Case) -> str:
         """'' when the case can run here, else what was detected and what to do."""
         wanted = case.candidate.platforms
@@ -86,7 +111,8 @@ class CertificationRun:
             problem = self._cannot_run(ref)
             if problem:
                 return f"{role} {ref.name!r}: {problem}"
-        return ""
+        return f"candidate {case.candidate.name!r}: {unavailable(case.candidate.recipe)}" \
+            if case.candidate.recipe and unavailable(case.candidate.recipe) else ""
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def _cannot_run(self, ref: ModelRef) -> str:

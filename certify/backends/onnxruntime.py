@@ -102,12 +102,12 @@ class OnnxRuntimeBackend:
         provider_options = [dict(p) for p in self.ref.option("provider_options", ())] or None
         try:
             self._session = ort.InferenceSession(
-                str(self.ref.path), sess_options=self._session_options(),
+                str(self.ref.file), sess_options=self._session_options(),
                 providers=self._providers(self.ref), provider_options=provider_options,
             )
         except Exception as exc:  # ORT raises several pybind types; keep the cause, drop the C++ trace
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime could not load {self.ref.path}: {cause}",
+            raise ModelError(f"onnxruntime could not load {self.ref.file}: {cause}",
                              hint="check the file is a complete ONNX model (re-export it; compare its sha256)"
                              ) from None
         self._outputs = [o.name for o in self._session.get_outputs()]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from certify.digests import model_files
 from certify.measure.client import WorkerClient
 from certify.plan import Measure, ModelRef
 
@@ -15,13 +16,8 @@ INFERENCES = 20
 
 
 def model_files_bytes(ref: ModelRef) -> int:
-    """Size on disk: the file, plus any sibling data files sharing its stem (external data, IR .bin)."""
-    path = ref.path
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    siblings = [p for p in path.parent.glob(path.stem + ".*") if p.is_file() and p != path
-                and p.suffix in (".data", ".bin", ".onnx_data")]
-    return path.stat().st_size + sum(p.stat().st_size for p in siblings)
+    """Size on disk of every file the model is made of (an IR's .bin, ONNX external data, a folder's files)."""
+    return sum(f.stat().st_size for f in model_files(ref.file))
 
 
 def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measure: Measure) -> dict[str, Any]:

@@ -42,22 +42,33 @@ def _ref(ref: ModelRef) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": ref.name, "path": str(ref.path), "framework": ref.framework,
                              "device": ref.device, "platforms": list(ref.platforms)}
     try:
-        entry.update(model_digest(ref.path).to_dict())
+        entry.update(model_digest(ref.file).to_dict())
     except (CertifyError, OSError) as exc:
         entry["digest_error"] = str(exc)
     return entry
 
 
 def describe_models(plan: Plan) -> list[dict[str, Any]]:
-    """Every model file of the plan with its digest, as found at the end of the run."""
+    """Every model file of the plan with its digest, as found at the end of the run (candidates made by recipes:
+    their built artifact and how it was made)."""
+    from certify.recipes.build import made_by, materialize
+
     out = []
     for model in plan.models:
+        candidates = []
+        for cand in model.candidates:
+            drop = 1.0 - plan.policy_for(cand).min_accuracy_retention
+            try:
+                built = materialize(model, cand, max_drop=drop, seed=plan.measure.seed, build=False)
+            except CertifyError:
+                built = cand
+            candidates.append({**_ref(built), "made_by": made_by(built)})
         data = model.dataset
         dataset: dict[str, Any] = {"source": str(data.path) if data.path else data.loader}
         if data.path is not None and data.path.is_file():
             dataset["sha256"] = file_sha256(data.path)
         out.append({"name": model.name, "metric": model.metric, "baseline": _ref(model.baseline),
-                    "dataset": dataset, "candidates": [_ref(c) for c in model.candidates]})
+                    "dataset": dataset, "candidates": candidates})
     return out
 
 
@@ -94,7 +105,7 @@ def _candidates(results: dict[str, Any], records: list[dict[str, Any]]) -> list[
     for case in sorted(verdicts):
         ref = refs.get(case, {})
         entry = {"case": case, **{k: ref.get(k) for k in ("name", "path", "framework", "device", "platforms",
-                                                          "sha256", "files")},
+                                                          "sha256", "files", "made_by")},
                  "model": case.split("/", 1)[0], "executed_devices": _executed(case, records),
                  "policy": policies.get(case) or results["plan"]["policy"], "gates": gates[case],
                  "verdict": verdicts[case]}

@@ -1,0 +1,81 @@
+"""The recipe build child: ``python -m certify.recipes.child`` reads a pickled BuildContext on stdin, runs the
+recipe's builder into ``out_dir`` and writes ``recipe.json`` there. A failure prints one line
+``certify-recipe-error: <message>`` on stderr and exits 3."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pickle
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from certify.digests import model_digest
+from certify.errors import CertifyError
+from certify.recipes import kind_of
+from certify.recipes.build import BUILD_MARKER, BuildContext, dataset_digest, versions
+
+Builder = Callable[[BuildContext, "Calibration"], Path]
+
+
+class Calibration:
+    """The plan's dataset as calibration samples: ``samples(n)`` gives up to ``n`` single-sample feeds, keyed
+    by the dataset's input names ('' for a model's only input); loaded only when a builder asks."""
+
+    def __init__(self, context: BuildContext) -> None:
+        self.context = context
+        self._data: tuple[dict[str, np.ndarray], np.ndarray | None] | None = None
+
+    def data(self) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        if self._data is None:
+            from certify.measure.dataset import load_dataset
+
+            self._data = load_dataset(self.context.dataset)
+        return self._data
+
+    def samples(self, n: int) -> list[dict[str, np.ndarray]]:
+        inputs, _ = self.data()
+        count = min(n, len(next(iter(inputs.values()))))
+        return [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(count)]
+
+
+def build(context: BuildContext) -> dict[str, Any]:
+    kind = kind_of(context.recipe)
+    module, _, attr = kind.builder.partition(":")
+    builder: Builder = getattr(importlib.import_module(module), attr)
+    started = time.time()
+    artifact = builder(context, Calibration(context))
+    if not artifact.exists() or context.out_dir.resolve() not in artifact.resolve().parents:
+        raise CertifyError(f"the builder did not write its model into {context.out_dir} (got {artifact})")
+    return {
+        "artifact": artifact.relative_to(context.out_dir).as_posix(), "recipe": context.recipe.describe(),
+        "source": {"path": str(context.source), "sha256": model_digest(context.source).sha256},
+        "dataset_sha256": dataset_digest(context.dataset) if kind.calibrated else None,
+        "versions": versions(context.recipe), "seconds": round(time.time() - started, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sha256": model_digest(artifact).sha256,
+    }
+
+
+def main() -> int:
+    context: BuildContext = pickle.loads(sys.stdin.buffer.read())
+    try:
+        manifest = build(context)
+    except CertifyError as exc:
+        print(f"certify-recipe-error: {exc.diagnostics()}".replace("\n", " "), file=sys.stderr)
+        return 3
+    except Exception as exc:  # a tool's own failure: one line with its type and first line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"certify-recipe-error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 3
+    (context.out_dir / BUILD_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
