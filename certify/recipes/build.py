@@ -28,6 +28,8 @@ from certify.plan import Dataset, ModelPlan, ModelRef
 from certify.recipes import Recipe, RecipeError, kind_of, unavailable
 
 BUILD_MARKER = "recipe.json"
+ERROR_MARK = "certify-recipe-error: "
+GENERIC_HINT = "fix the recipe's parameters or its source model; other candidates are unaffected"
 MIN_BUILD_TIMEOUT_S = 900.0
 
 
@@ -113,14 +115,17 @@ def _run_child(context: BuildContext, name: str) -> None:
         raise RecipeError(f"recipe {recipe.tool} {recipe.method} for {name!r} did not finish in {timeout:.0f} s",
                           hint="use fewer calibration samples, or build the candidate offline") from None
     if done.returncode != 0:
-        raise RecipeError(f"recipe {recipe.tool} {recipe.method} for {name!r} failed: {_cause(done)}",
-                          hint="fix the recipe's parameters or its source model; other candidates are unaffected")
+        cause, hint = _cause(done)
+        raise RecipeError(f"recipe {recipe.tool} {recipe.method} for {name!r} failed: {cause}",
+                          hint=hint or GENERIC_HINT)
 
 
-def _cause(done: subprocess.CompletedProcess[bytes]) -> str:
+def _cause(done: subprocess.CompletedProcess[bytes]) -> tuple[str, str]:
+    """The child's own message and hint, or what is known of a crash (signal, last lines of output)."""
     lines = done.stderr.decode(errors="replace").strip().splitlines()
-    marked = [line.split("certify-recipe-error: ", 1)[1] for line in lines if "certify-recipe-error: " in line]
+    marked = [line.split(ERROR_MARK, 1)[1] for line in lines if ERROR_MARK in line]
     if marked:
-        return marked[-1]
+        error = json.loads(marked[-1])
+        return str(error["message"]), str(error["hint"])
     signal = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
-    return f"{signal}; last output: {' | '.join(lines[-3:]) or 'none'}"
+    return f"{signal}; last output: {' | '.join(lines[-3:]) or 'none'}", ""

@@ -1,6 +1,6 @@
 """The recipe build child: ``python -m certify.recipes.child`` reads a pickled BuildContext on stdin, runs the
 recipe's builder into ``out_dir`` and writes ``recipe.json`` there. A failure prints one line
-``certify-recipe-error: <message>`` on stderr and exits 3."""
+``certify-recipe-error: {"message": ..., "hint": ...}`` on stderr and exits 3."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from certify.digests import model_digest
 from certify.errors import CertifyError
 from certify.recipes import kind_of
-from certify.recipes.build import BUILD_MARKER, BuildContext, dataset_digest, versions
+from certify.recipes.build import BUILD_MARKER, ERROR_MARK, BuildContext, dataset_digest, versions
 
 Builder = Callable[[BuildContext, "Calibration"], Path]
 
@@ -67,14 +67,17 @@ def main() -> int:
     try:
         manifest = build(context)
     except CertifyError as exc:
-        print(f"certify-recipe-error: {exc.diagnostics()}".replace("\n", " "), file=sys.stderr)
-        return 3
-    except Exception as exc:  # a tool's own failure: one line with its type and first line, no traceback
+        return _failed(exc.message, exc.hint)
+    except Exception as exc:  # a tool's own failure: its type and first line, no traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"certify-recipe-error: {type(exc).__name__}: {first}", file=sys.stderr)
-        return 3
+        return _failed(f"{type(exc).__name__}: {first}", "")
     (context.out_dir / BUILD_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return 0
+
+
+def _failed(message: str, hint: str) -> int:
+    print(ERROR_MARK + json.dumps({"message": message, "hint": hint}), file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":
