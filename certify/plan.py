@@ -60,6 +60,7 @@ class ModelRef:
     options: tuple[tuple[str, Any], ...] = ()
     policy_overrides: tuple[tuple[str, Any], ...] = ()
     recipe: Recipe | None = None
+    missing_device: str = "skip"  # a candidate whose device is missing here: NOT EVALUATED (skip) or FAIL
 
     @property
     def file(self) -> Path:
@@ -318,7 +319,11 @@ def _existing_path(table: _Table, key: str, base: Path) -> Path:
 def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> ModelRef:
     """One model; ``threads`` is the plan's ``measure.threads``, the default for a model that sets none."""
     allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options"}
-    table.check_keys(allowed | ({"policy", "recipe"} if candidate else set()))
+    table.check_keys(allowed | ({"policy", "recipe", "missing_device"} if candidate else set()))
+    missing_device = table.get("missing_device", str, "skip")
+    if missing_device not in ("skip", "fail"):
+        raise table.error("missing_device", f"must be 'skip' or 'fail', got {missing_device!r}",
+                          hint="'fail' when the device is required on every host that runs this plan")
     recipe = _recipe(table) if candidate and "recipe" in table.data else None
     if recipe is not None and "path" in table.data:
         raise table.error("recipe", "give either 'path' (a model file) or 'recipe' (how to make it), not both")
@@ -341,6 +346,7 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
         policy_overrides=tuple(sorted(_overrides(table, table.get("policy", dict, {})).items()))
         if candidate else (),
         recipe=recipe,
+        missing_device=missing_device,
     )
     if ref.device_class not in DEVICES:
         raise table.error("device", f"unknown device {device!r}{did_you_mean(device, DEVICES)}",

@@ -52,7 +52,10 @@ class CertificationRun:
         reason = self.why_not_evaluated(case)
         lock_wait = 0.0
         built: Case | RecipeError = case if reason else self.built(case)
-        if reason:
+        if reason and case.candidate.missing_device == "fail" and self._cannot_run(case.candidate):
+            result, finished = gates.GateResult(case.gate, gates.FAIL, f"required device missing: {reason}",
+                                                hint="the plan sets missing_device = 'fail'"), started
+        elif reason:
             result, finished = gates.not_evaluated(case.gate, reason), started
         elif isinstance(built, RecipeError):
             result, finished = gates.errored(case.gate, built.message, hint=built.hint), started

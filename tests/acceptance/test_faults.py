@@ -90,3 +90,17 @@ def test_a_candidate_that_is_the_baseline_again_is_refused_on_speed_and_memory(p
     memory = v[("same", "memory")]
     assert memory["verdict"] == "fail" and memory["value"] < 0.5
     assert outcome.results["candidates"]["tiny/same"] == "not_certified" and outcome.returncode == 1
+
+
+def test_a_missing_device_is_not_evaluated_or_failed_as_the_plan_demands(project: Path, tmp_path: Path) -> None:
+    gpu = 'device = "gpu"\nproviders = ["CUDAExecutionProvider"]'
+    text = (PLAN + candidate("cuda-skip", "int8.onnx", extra=gpu)
+            + candidate("cuda-required", "int8.onnx", extra=gpu + '\nmissing_device = "fail"'))
+    outcome = run_certification(tmp_path, plan_in(project, text), "-k", "accuracy")
+    v = outcome.verdicts()
+    if v[("cuda-skip", "accuracy")]["verdict"] != "not_evaluated":
+        pytest.skip("this host has CUDA")
+    assert "CUDAExecutionProvider is not available" in v[("cuda-skip", "accuracy")]["reason"]
+    required = v[("cuda-required", "accuracy")]
+    assert required["verdict"] == "fail" and required["reason"].startswith("required device missing: ")
+    assert "CUDAExecutionProvider is not available" in required["reason"] and outcome.returncode == 1
