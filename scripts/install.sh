@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install edge-certify (editable, from this checkout) with the given extras into the active Python environment:
+#   bash scripts/install.sh demo        # the bundled example: ONNX Runtime, OpenVINO + NNCF, Olive
+#   bash scripts/install.sh dev         # everything the harness's own tests need
+#   bash scripts/install.sh ort,openvino
+# Olive (olive-ai) hard-requires torch without pinning it, and plain `pip install torch` takes the newest CUDA
+# build (+5.7 GB). So when an extra brings Olive, a CPU torch is installed first:
+#   CERTIFY_TORCH        the requirement (default torch==2.13.0)
+#   CERTIFY_TORCH_INDEX  an index with CPU builds, e.g. https://download.pytorch.org/whl/cpu (default: pip's own
+#                        configuration, which on this project's machines serves the CPU wheel)
+set -euo pipefail
+extras="${1:-demo}"
+cd "$(dirname "$0")/.."
+case ",$extras," in
+  *,olive,*|*,demo,*|*,dev,*)
+    if [[ -n "${CERTIFY_TORCH_INDEX:-}" ]]; then
+      python -m pip install --index-url "$CERTIFY_TORCH_INDEX" --extra-index-url https://pypi.org/simple \
+        "${CERTIFY_TORCH:-torch==2.13.0}"
+    else
+      python -m pip install "${CERTIFY_TORCH:-torch==2.13.0}"
+    fi ;;
+esac
+python -m pip install -e ".[${extras}]"
