@@ -72,9 +72,12 @@ class ModelRef:
 
     @property
     def device_class(self) -> str:
-        """'cpu', 'gpu' or 'npu': the first device named (``AUTO:GPU,CPU`` -> gpu)."""
+        """'cpu', 'gpu' or 'npu': the first device named (``AUTO:GPU,CPU`` -> gpu, ``GPU.0`` -> gpu); a bare
+        ``AUTO``/``HETERO``/``MULTI`` is cpu, the one device they always have."""
         head = self.device.split(":", 1)[-1] if ":" in self.device else self.device
-        return head.split(",")[0].strip().lower()
+        named = [d.strip() for d in head.split(",") if d.strip() and not d.strip().startswith("-")]
+        first = named[0].split(".")[0].lower() if named else "auto"
+        return "cpu" if first in ("auto", "hetero", "multi") else first
 
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)

@@ -28,6 +28,8 @@ class BackendEntry:
 BACKENDS: dict[str, BackendEntry] = {
     "onnxruntime": BackendEntry("certify.backends.onnxruntime:OnnxRuntimeBackend",
                                 "pip install 'edge-certify[ort]' (onnxruntime; onnxruntime-gpu on NVIDIA)"),
+    "openvino": BackendEntry("certify.backends.openvino:OpenVinoBackend",
+                             "pip install 'edge-certify[openvino]' (openvino, nncf)"),
 }
 
 

@@ -125,3 +125,13 @@ def test_pyproject_tool_certify_is_found_and_loaded(project: Path, tmp_path: Pat
     assert found == project / "pyproject.toml"
     assert load_plan(found).models[0].candidates[0].name == "c"
     assert find_plan(tmp_path) is None
+
+
+@pytest.mark.parametrize(("device", "device_class"), [
+    ("cpu", "cpu"), ("CPU", "cpu"), ("GPU.0", "gpu"), ("NPU", "npu"), ("AUTO", "cpu"), ("AUTO:GPU,CPU", "gpu"),
+    ("AUTO:-GPU", "cpu"), ("HETERO:NPU,CPU", "npu"), ("MULTI:GPU.1,CPU", "gpu"),
+])
+def test_device_strings_map_to_a_device_class(device: str, device_class: str) -> None:
+    from certify.plan import ModelRef
+
+    assert ModelRef("m", None, "openvino", device=device).device_class == device_class
