@@ -13,7 +13,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("sklearn")
 
 GOOD = ("int8-dynamic", "int8-static-qdq")
-ABSENT = {"int8-static-qdq-cuda": "nvidia", "int8-static-qdq-intel": "intel"}
+ABSENT = {"int8-static-qdq-cuda": "nvidia", "ov-int8-intel-gpu": "intel"}
+MADE = {"ov-fp16": ("openvino", "convert", "CPU"), "ov-int8-nncf": ("nncf", "quantize", "CPU"),
+        "olive-int8": ("olive", "pass", "CPUExecutionProvider")}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_results_document_has_schema_host_and_versions(demo_run: Outcome) -> Non
     assert "certification summary" in demo_run.stdout
 
 
-@pytest.mark.parametrize(("marker", "candidate"), [("intel", "int8-static-qdq-intel"),
+@pytest.mark.parametrize(("marker", "candidate"), [("intel", "ov-int8-intel-gpu"),
                                                     ("nvidia", "int8-static-qdq-cuda")])
 def test_platform_marker_selects_its_cases_and_skips_them_here(
         demo_plan: Path, tmp_path: Path, marker: str, candidate: str) -> None:
@@ -99,3 +101,21 @@ def test_demo_certificate_is_signed_with_a_dev_key_that_verify_refuses(demo_run:
     args = ["verify", str(cert), "--key", str(pub), "--model", model, "--require", "accuracy", "--require", "memory"]
     assert cli.main(args) == 1  # a throwaway key never passes a release gate by default
     assert cli.main([*args, "--allow-dev-key"]) == 0
+
+
+def test_recipe_candidates_are_built_and_measured_across_frameworks(demo_run: Outcome) -> None:
+    """OpenVINO IR, NNCF INT8 and Olive INT8 are made from the baseline by recipes and certified like files."""
+    v = demo_run.verdicts()
+    for name, (tool, method, device) in MADE.items():
+        accuracy = v[(name, "accuracy")]
+        assert accuracy["verdict"] == "pass" and accuracy["value"] >= 0.95, (name, accuracy)
+        assert v[(name, "speed")]["verdict"] in ("pass", "fail")  # measured: no VNNI here, so often a fail
+        records = [r for r in demo_run.evidence() if r["candidate"] == name and r["gate"] == "accuracy"]
+        made = records[-1]["made_by"]
+        assert made["recipe"]["tool"] == tool and made["recipe"]["method"] == method
+        assert made["source"]["sha256"] and made["sha256"] and made["versions"]
+        speed = next(r for r in demo_run.evidence() if r["candidate"] == name and r["gate"] == "speed")
+        assert speed["measurement"]["candidate"]["executed_device"] == device
+    nncf = next(r for r in demo_run.evidence() if r["candidate"] == "ov-int8-nncf")["made_by"]
+    fp16 = next(r for r in demo_run.evidence() if r["candidate"] == "ov-fp16")["made_by"]
+    assert nncf["source"]["sha256"] == fp16["sha256"]  # the NNCF stage was built from the FP16 IR stage
