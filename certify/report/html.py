@@ -22,7 +22,7 @@ from certify.gates import ERROR, FAIL, NOT_EVALUATED, PASS
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
 from certify.report.results import not_evaluated_groups
-from certify.report.tables import CELL, gate_order
+from certify.report.tables import CELL, gate_order, value_text
 
 CANDIDATE_LABEL = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "incomplete": "INCOMPLETE"}
 THRESHOLD_UNIT = {"min_accuracy_retention": "%", "min_speedup": "x", "min_memory_reduction": "%",
@@ -58,8 +58,8 @@ def build_view(results: dict[str, Any], records: list[dict[str, Any]],
         "overview": overview_charts(entries, thresholds), "candidates": candidates,
         "pareto": pareto_views(entries, latest, thresholds), "not_evaluated": not_evaluated_view(entries),
         "errors": [e for e in candidate_gate_rows(entries) if e["verdict"] == ERROR],
-        "stages": stages_view(entries), "env": environment_view(results), "models": models_view(results),
-        "signature": signature_view(signature),
+        "stages": stages_view(entries, results, latest), "env": environment_view(results),
+        "models": models_view(results), "signature": signature_view(signature),
     }
 
 
@@ -336,17 +336,38 @@ def not_evaluated_view(entries: list[Entry]) -> list[dict[str, str]]:
             for (case, reason), gates in sorted(not_evaluated_groups(entries).items())]
 
 
-def stages_view(entries: list[Entry]) -> list[dict[str, str]]:
-    """Optimization stages that produced each candidate, from entries carrying a ``recipe`` dict."""
+STAGE_GATES = ("accuracy", "speed", "memory")
+
+
+def stages_view(entries: list[Entry], results: dict[str, Any],
+                latest: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per candidate made by a recipe, in plan order (sources before what is made from them): how it
+    was made and what that step bought (accuracy retention, speedup, memory reduction, size on disk)."""
+    made = {f"{m['name']}/{c['name']}": c.get("made_by") or {} for m in results.get("models") or []
+            for c in m.get("candidates", [])}
+    results_by = {(e["case"], e["gate"]): e["result"] for e in entries}
     rows, seen = [], set()
     for entry in entries:
-        recipe = entry.get("recipe")
-        if not isinstance(recipe, dict) or entry["case"] in seen:
+        recipe, case = entry.get("recipe"), entry["case"]
+        if not isinstance(recipe, dict) or case in seen:
             continue
-        seen.add(entry["case"])
-        rows.append({"case": entry["case"],
-                     **{k: _recipe_text(recipe.get(k)) for k in ("stage", "tool", "version", "recipe")}})
+        seen.add(case)
+        versions = (made.get(case) or {}).get("versions") or {}
+        size = (((latest.get((case, "memory")) or {}).get("measurement") or {}).get("candidate") or {}).get(
+            "file_bytes")
+        rows.append({"case": case, "stage": str(recipe.get("stage", "")),
+                     "made": f"{recipe.get('tool')} {recipe.get('method')} from {recipe.get('from')}",
+                     "params": _recipe_text(recipe.get("params") or {}),
+                     "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+                     **{g: _gate_figure(results_by.get((case, g))) for g in STAGE_GATES},
+                     "size": charts.human_bytes(float(size)) if number(size) is not None else "-"})
     return rows
+
+
+def _gate_figure(result: dict[str, Any] | None) -> str:
+    if not result or number(result.get("value")) is None:
+        return "-" if not result else CELL[result["verdict"]]
+    return f"{value_text(float(result['value']), result.get('unit'))} ({CELL[result['verdict']]})"
 
 
 def _recipe_text(value: Any) -> str:

@@ -171,8 +171,8 @@ def write_run(run_dir: Path, *, only: tuple[str, ...] | None = None, complete: b
         for outcome in outcomes:
             entry = case_entry(candidate, outcome)
             if recipes:
-                entry["recipe"] = {"tool": "onnxruntime.quantization", "version": "1.31.1", "stage": "quantize",
-                                   "recipe": {"mode": candidate}}
+                entry["recipe"] = {"tool": "onnxruntime", "method": "quantize_dynamic", "from": "baseline",
+                                   "stage": "quantization", "params": {"per_channel": True}}
             entries.append(entry)
             records.append(evidence_record(entry, outcome["measurement"], STARTED + len(records)))
     stale = next((r for r in records if r["gate"] == "speed" and r["measurement"]), None)
