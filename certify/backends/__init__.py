@@ -30,6 +30,7 @@ BACKENDS: dict[str, BackendEntry] = {
                                 "pip install 'edge-certify[ort]' (onnxruntime; onnxruntime-gpu on NVIDIA)"),
     "openvino": BackendEntry("certify.backends.openvino:OpenVinoBackend",
                              "pip install 'edge-certify[openvino]' (openvino, nncf)"),
+    "olive": BackendEntry("certify.backends.olive:OliveBackend", "pip install 'edge-certify[olive]' (runs on ORT)"),
 }
 
 

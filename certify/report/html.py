@@ -360,8 +360,13 @@ def stages_view(entries: list[Entry], results: dict[str, Any],
                      "params": _recipe_text(recipe.get("params") or {}),
                      "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
                      **{g: _gate_figure(results_by.get((case, g))) for g in STAGE_GATES},
-                     "size": charts.human_bytes(float(size)) if number(size) is not None else "-"})
+                     "size": _size_text(size)})
     return rows
+
+
+def _size_text(size: Any) -> str:
+    value = number(size)
+    return "-" if value is None else charts.human_bytes(value)
 
 
 def _gate_figure(result: dict[str, Any] | None) -> str:
