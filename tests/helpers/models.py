@@ -84,3 +84,38 @@ def tiny_project(folder: Path) -> Path:
     quantize_dynamic(folder / "fp32.onnx", folder / "int8.onnx")
     build_dataset(folder / "data.npz", folder / "fp32.onnx")
     return folder
+
+
+def confident_dataset(path: Path, model: Path, n: int = 256, seed: int = 1, margin: float = 0.1) -> Path:
+    """Inputs uniform in [-sqrt(3), sqrt(3)] labelled by the FP32 model, keeping the samples it predicts with a
+    top-2 margin of at least ``margin`` x its output spread: a trained classifier's in-distribution data (a random
+    MLP's near-ties flip under any rounding, FP16 included, which would measure noise, not the recipe)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    features = int(session.get_inputs()[0].shape[1])
+    x = np.random.default_rng(seed).uniform(-3**0.5, 3**0.5, (8 * n, features)).astype(np.float32)
+    out = np.asarray(session.run(None, {"x": x})[0])
+    top = np.sort(out, axis=1)
+    keep = (top[:, -1] - top[:, -2]) > margin * out.std()
+    np.savez(path, x=x[keep][:n], y=out[keep][:n].argmax(1).astype(np.int64))
+    return path
+
+
+def with_outlier_unit(source: Path, target: Path, x: np.ndarray, scale: float = 1024.0) -> Path:
+    """The same function as ``source`` with its most active first-layer unit ``scale`` x larger and that unit's
+    outgoing weights ``scale`` x smaller (ReLU is positively homogeneous: FP32 outputs are unchanged). Per-tensor
+    INT8 quantization of the next layer's input then crushes every other unit: the outlier-channel problem."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    inits = {i.name: i for i in model.graph.initializer}
+    w0, w1 = (numpy_helper.to_array(inits[name]).copy() for name in ("w0", "w1"))
+    unit = int(np.maximum(x @ w0, 0).mean(axis=0).argmax())
+    w0[:, unit] *= scale
+    w1[unit, :] /= scale
+    for name, value in (("w0", w0), ("w1", w1)):
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    onnx.save(model, str(target))
+    return target
