@@ -17,7 +17,7 @@ import numpy as np
 
 from certify.digests import model_digest
 from certify.errors import CertifyError
-from certify.recipes import kind_of
+from certify.recipes import RecipeError, kind_of
 from certify.recipes.build import BUILD_MARKER, ERROR_MARK, BuildContext, dataset_digest, versions
 
 Builder = Callable[[BuildContext, "Calibration"], Path]
@@ -42,6 +42,26 @@ class Calibration:
         inputs, _ = self.data()
         count = min(n, len(next(iter(inputs.values()))))
         return [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(count)]
+
+
+def keyed_samples(samples: list[dict[str, np.ndarray]], inputs: list[tuple[str, tuple[str, ...], Any]]
+                  ) -> list[dict[str, np.ndarray]]:
+    """Calibration samples keyed by a model's inputs, each given as (name, names a dataset key may use, dtype):
+    a dataset's one unnamed array goes to a model's only input; a missing input is a RecipeError naming it."""
+    if not samples:
+        raise RecipeError("the plan's dataset gave no calibration samples", hint="check the dataset file")
+    out = []
+    for sample in samples:
+        if set(sample) == {""} and len(inputs) == 1:
+            sample = {inputs[0][0]: sample[""]}
+        found = {name: next((k for k in aliases if k in sample), None) for name, aliases, _ in inputs}
+        missing = [name for name, key in found.items() if key is None]
+        if missing:
+            has = sorted(sample) if set(sample) != {""} else "one unnamed array"
+            raise RecipeError(f"calibration data has no array for model input(s) {missing}; it has {has}",
+                              hint="map model inputs to dataset keys in the plan's dataset.inputs table")
+        out.append({name: np.asarray(sample[str(found[name])]).astype(dtype) for name, _, dtype in inputs})
+    return out
 
 
 def build(context: BuildContext) -> dict[str, Any]:

@@ -151,34 +151,21 @@ def save_ir(model: Any, out_dir: Path, *, compress_to_fp16: bool = False) -> Pat
 
 
 def ov_feeds(model: Any, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Samples keyed by the model's input names (any of a port's tensor names matches) in its input types."""
-    if not samples:
-        raise RecipeError("the plan's dataset gave no calibration samples", hint="check the dataset file")
-    return [_feed(model.inputs, sample) for sample in samples]
-
-
-def _feed(ports: list[Any], sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Samples keyed by the model's input names (any of a port's tensor names matches) in its input types, each
+    checked against the port's shape."""
     import openvino as ov
 
-    if set(sample) == {""} and len(ports) == 1:
-        sample = {ports[0].get_any_name(): sample[""]}
-    feed, missing = {}, []
-    for port in ports:
-        key = next((name for name in sorted(port.get_names()) if name in sample), None)
-        if key is None:
-            missing.append(port.get_any_name())
-            continue
-        array = np.asarray(sample[key]).astype(port.get_element_type().to_dtype())
-        if not port.get_partial_shape().compatible(ov.PartialShape(list(array.shape))):
-            raise RecipeError(f"calibration data for model input {port.get_any_name()!r} has shape "
-                              f"{list(array.shape)} (one sample), the model takes {port.get_partial_shape()}",
+    from certify.recipes.child import keyed_samples
+
+    ports = {port.get_any_name(): port for port in model.inputs}
+    feeds = keyed_samples(samples, [(name, tuple(sorted(port.get_names())), port.get_element_type().to_dtype())
+                                    for name, port in ports.items()])
+    for name, array in feeds[0].items():
+        if not ports[name].get_partial_shape().compatible(ov.PartialShape(list(array.shape))):
+            raise RecipeError(f"calibration data for model input {name!r} has shape {list(array.shape)} "
+                              f"(one sample), the model takes {ports[name].get_partial_shape()}",
                               hint="the plan's dataset must hold the model's inputs, one row per sample")
-        feed[port.get_any_name()] = array
-    if missing:
-        raise RecipeError(f"calibration data has no array for model input(s) {missing}; it has "
-                          f"{sorted(sample) if set(sample) != {''} else 'one unnamed array'}",
-                          hint="map model inputs to dataset keys in the plan's dataset.inputs table")
-    return feed
+    return feeds
 
 
 def integer_constants(model: Any) -> int:

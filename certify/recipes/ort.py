@@ -51,20 +51,12 @@ def model_feeds(model: Path, samples: list[dict[str, np.ndarray]]) -> list[dict[
     """Calibration samples keyed by the ONNX model's input names, in its input dtypes."""
     import onnx
 
+    from certify.recipes.child import keyed_samples
+
     graph = onnx.load(str(model), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
-    inputs = [(i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
-              for i in graph.input if i.name not in inits]
-    out = []
-    for sample in samples:
-        if set(sample) == {""} and len(inputs) == 1:
-            sample = {inputs[0][0]: sample[""]}
-        missing = [name for name, _ in inputs if name not in sample]
-        if missing:
-            raise RecipeError(f"calibration data has no array for model input(s) {missing}; it has {sorted(sample)}",
-                              hint="map model inputs to dataset keys in the plan's dataset.inputs table")
-        out.append({name: np.asarray(sample[name]).astype(dtype) for name, dtype in inputs})
-    return out
+    return keyed_samples(samples, [(i.name, (i.name,), onnx.helper.tensor_dtype_to_np_dtype(
+        i.type.tensor_type.elem_type)) for i in graph.input if i.name not in inits])
 
 
 class _Reader:
@@ -82,8 +74,6 @@ def quantize_static(context: BuildContext, calibration: Calibration) -> Path:
 
     recipe, source, out = context.recipe, _onnx_source(context), context.out_dir / "model.onnx"
     samples = calibration.samples(int(recipe.param("samples", DEFAULT_SAMPLES)))
-    if not samples:
-        raise RecipeError("the plan's dataset gave no calibration samples", hint="check the dataset file")
     if recipe.param("preprocess", True):
         source = _preprocessed(source, context.out_dir / "preprocessed.onnx")
     options: dict[str, Any] = {
