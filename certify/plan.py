@@ -327,7 +327,7 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
     if missing_device not in ("skip", "fail"):
         raise table.error("missing_device", f"must be 'skip' or 'fail', got {missing_device!r}",
                           hint="'fail' when the device is required on every host that runs this plan")
-    recipe = _recipe(table) if candidate and "recipe" in table.data else None
+    recipe = _recipe(table, base) if candidate and "recipe" in table.data else None
     if recipe is not None and "path" in table.data:
         raise table.error("recipe", "give either 'path' (a model file) or 'recipe' (how to make it), not both")
     framework = _framework(table)
@@ -357,12 +357,14 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
     return ref
 
 
-def _recipe(table: _Table) -> Recipe:
+def _recipe(table: _Table, base: Path) -> Recipe:
     spec = _Table(table.get("recipe", dict), table.file, table.key("recipe"))
     tool, method = spec.get("tool", str), spec.get("method", str)
     params = {k: v for k, v in spec.data.items() if k not in ("tool", "method", "from")}
     for key, message in check_params(tool, method, params):
         raise spec.error(key, message)
+    if (tool, method) == ("olive", "workflow"):  # the user's workflow file, relative to the plan like any path
+        params["config"] = str(_existing_path(spec, "config", base))
     return Recipe(tool, method, spec.get("from", str, "baseline"), _freeze(params))
 
 

@@ -94,7 +94,8 @@ RECIPES: dict[tuple[str, str], RecipeKind] = {
          "drop_type": ("relative", "absolute")},
         "nncf", OV, calibrated=True, distributions=("openvino", "nncf")),
     ("olive", "pass"): RecipeKind(
-        "certify.recipes.olive:run_pass", "quantization", {"pass": str, "config": dict, "samples": int},
+        "certify.recipes.olive:run_pass", "quantization",
+        {"pass": str, "config": dict, "samples": int, "provider": str},
         "olive", OLIVE, calibrated=True, distributions=("olive-ai", "onnxruntime", "torch")),
     ("olive", "workflow"): RecipeKind(
         "certify.recipes.olive:run_workflow", "quantization", {"config": str},

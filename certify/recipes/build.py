@@ -63,7 +63,8 @@ def dataset_digest(dataset: Dataset) -> str:
 def build_key(recipe: Recipe, source_sha256: str, dataset: Dataset, max_drop: float) -> str:
     parts = {"recipe": recipe.describe(), "source": source_sha256, "versions": versions(recipe),
              "dataset": dataset_digest(dataset) if kind_of(recipe).calibrated else None,
-             "max_drop": max_drop if recipe.method == "quantize_with_accuracy_control" else None}
+             "max_drop": max_drop if recipe.method == "quantize_with_accuracy_control" else None,
+             "workflow": file_sha256(Path(recipe.param("config"))) if recipe.method == "workflow" else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

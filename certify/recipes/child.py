@@ -40,7 +40,7 @@ class Calibration:
 
     def samples(self, n: int) -> list[dict[str, np.ndarray]]:
         inputs, _ = self.data()
-        count = min(n, len(next(iter(inputs.values()))))
+        count = min(n, len(next(iter(inputs.values())))) if inputs else 0
         return [{k: v[i:i + 1] for k, v in inputs.items()} for i in range(count)]
 
 
