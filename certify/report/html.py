@@ -361,7 +361,8 @@ def stages_view(entries: list[Entry], results: dict[str, Any],
                      "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
                      **{g: _gate_figure(results_by.get((case, g))) for g in STAGE_GATES},
                      "size": _size_text(size)})
-    return rows
+    order = {case: i for i, case in enumerate(made)}  # plan order: a recipe's source comes before it
+    return sorted(rows, key=lambda row: order.get(row["case"], len(order)))
 
 
 def _size_text(size: Any) -> str:
