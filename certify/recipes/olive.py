@@ -41,7 +41,7 @@ import numpy as np
 from certify.digests import file_sha256, model_files
 from certify.errors import did_you_mean
 from certify.recipes import RecipeError
-from certify.recipes.ort import QUANTIZED_OPS, model_feeds
+from certify.recipes.ort import model_feeds, onnx_source
 
 if TYPE_CHECKING:
     from certify.recipes.build import BuildContext
@@ -115,7 +115,7 @@ def run_pass(context: BuildContext, calibration: Calibration) -> Path:
     that takes a ``data_config`` gets the plan's calibration samples unless its config names its own data."""
     recipe = context.recipe
     name = pass_name(str(recipe.param("pass", "")))
-    source = _onnx_source(context, name)
+    source = onnx_source(context, quantizing="quantiz" in name.lower())
     config: dict[str, Any] = dict(recipe.describe()["params"].get("config") or {})
     provider = str(recipe.param("provider", DEFAULT_PROVIDER))
     work, samples = _work_folder(context.out_dir), 0
@@ -156,7 +156,7 @@ def run_workflow(context: BuildContext, calibration: Calibration) -> Path:
     temp files redirected into the build folder. Relative paths inside it resolve against its own folder."""
     path = _workflow_path(str(context.recipe.param("config", "")))
     workflow = _load_workflow(path)
-    source = _onnx_source(context, "")
+    source = onnx_source(context, quantizing=False)
     overridden = sorted(k for k in OVERRIDDEN if k in workflow or k in (workflow.get("engine") or {}))
     work = _work_folder(context.out_dir)
     try:
@@ -174,22 +174,6 @@ def run_workflow(context: BuildContext, calibration: Calibration) -> Path:
     _write_record(context.out_dir, {"method": "workflow", "workflow": {
         "path": str(path), "sha256": file_sha256(path), "overridden": overridden}, **facts})
     return model
-
-
-def _onnx_source(context: BuildContext, name: str) -> Path:
-    """The source model: ONNX, and not already quantized when the pass quantizes (that fails obscurely)."""
-    import onnx
-
-    if context.source.suffix != ".onnx":
-        raise RecipeError(f"Olive recipes here take an ONNX source model, got {context.source.name}",
-                          hint="set the recipe's 'from' to an ONNX model (the baseline or an ONNX candidate)")
-    if "quantiz" in name.lower():
-        ops = {n.op_type for n in onnx.load(str(context.source), load_external_data=False).graph.node}
-        if ops & QUANTIZED_OPS:
-            raise RecipeError(f"the source model {context.source.name} is already quantized "
-                              f"(it has {', '.join(sorted(ops & QUANTIZED_OPS))})",
-                              hint="quantize from the float model: set the recipe's 'from' to 'baseline'")
-    return context.source
 
 
 def _work_folder(out_dir: Path) -> Path:

@@ -21,13 +21,17 @@ QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
                  "QLinearConv", "ConvInteger", "DynamicQuantizeMatMul"}
 
 
-def _onnx_source(context: BuildContext) -> Path:
-    """The source model, refused when it is not ONNX or is already quantized (re-quantizing fails obscurely)."""
+def onnx_source(context: BuildContext, *, quantizing: bool = True) -> Path:
+    """The source model, refused when it is not ONNX or, for a quantizing recipe, already quantized
+    (re-quantizing fails obscurely)."""
     import onnx
 
     if context.source.suffix != ".onnx":
-        raise RecipeError(f"onnxruntime quantization needs an ONNX source model, got {context.source.name}",
+        raise RecipeError(f"{context.recipe.tool} {context.recipe.method} needs an ONNX source model, got "
+                          f"{context.source.name}",
                           hint="set the recipe's 'from' to an ONNX model (the baseline or an ONNX candidate)")
+    if not quantizing:
+        return context.source
     ops = {n.op_type for n in onnx.load(str(context.source), load_external_data=False).graph.node}
     if ops & QUANTIZED_OPS:
         raise RecipeError(f"the source model {context.source.name} is already quantized "
@@ -40,7 +44,7 @@ def quantize_dynamic(context: BuildContext, calibration: Calibration) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     recipe, out = context.recipe, context.out_dir / "model.onnx"
-    quantize_dynamic(str(_onnx_source(context)), str(out),
+    quantize_dynamic(str(onnx_source(context)), str(out),
                      weight_type=getattr(QuantType, recipe.param("weight_type", "QInt8")),
                      per_channel=bool(recipe.param("per_channel", False)),
                      reduce_range=bool(recipe.param("reduce_range", False)))
@@ -72,7 +76,7 @@ class _Reader:
 def quantize_static(context: BuildContext, calibration: Calibration) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    recipe, source, out = context.recipe, _onnx_source(context), context.out_dir / "model.onnx"
+    recipe, source, out = context.recipe, onnx_source(context), context.out_dir / "model.onnx"
     samples = calibration.samples(int(recipe.param("samples", DEFAULT_SAMPLES)))
     if recipe.param("preprocess", True):
         source = _preprocessed(source, context.out_dir / "preprocessed.onnx")

@@ -78,6 +78,13 @@ def candidate(name: str, path: str, framework: str = "onnxruntime", extra: str =
     return f'\n[[models.candidates]]\nname = "{name}"\npath = "{path}"\nframework = "{framework}"\n{extra}\n'
 
 
+def mlp_project(folder: Path, widths: tuple[int, ...]) -> Path:
+    """fp32.onnx (an MLP of ``widths``) and data.npz labelled by it, in folder; returns folder."""
+    build_mlp(folder / "fp32.onnx", widths)
+    build_dataset(folder / "data.npz", folder / "fp32.onnx", features=widths[0])
+    return folder
+
+
 def tiny_project(folder: Path) -> Path:
     """fp32.onnx, int8.onnx, data.npz in folder; returns folder."""
     build_mlp(folder / "fp32.onnx")

@@ -15,19 +15,9 @@ from certify.errors import CertifyError
 from certify.gates import FAIL, NOT_EVALUATED
 from certify.report.compare import ADDED, IMPROVEMENT, REGRESSION, REMOVED, UNCHANGED, Comparison, compare
 from tests.helpers.certificates import all_pass, gate_result, results_doc
-from tests.helpers.signed import EPOCH, host, tamper, write_certificate, write_public_key
+from tests.helpers.signed import EPOCH, host, tamper, write_certificate
 
 Gates = dict[str, dict[str, dict[str, Any]]]
-
-
-@pytest.fixture
-def signer() -> attest.Signer:
-    return attest.dev_signer()
-
-
-@pytest.fixture
-def pub(tmp_path: Path, signer: attest.Signer) -> Path:
-    return write_public_key(tmp_path / "dev.pub", signer)
 
 
 def certificate(tmp_path: Path, name: str, gates: Gates, signer: attest.Signer | None, **kw: Any) -> Path:

@@ -15,20 +15,10 @@ from certify.errors import CertifyError
 from certify.gates import FAIL
 from certify.report.fleet import Fleet, merge
 from tests.helpers.certificates import all_pass, gate_result, results_doc
-from tests.helpers.signed import EPOCH, host, short_fingerprint, tamper, write_certificate, write_public_key
+from tests.helpers.signed import EPOCH, host, short_fingerprint, tamper, write_certificate
 
 LABEL_A = f"amd · AMD EPYC 7B13 · {short_fingerprint('box-a')}"
 LABEL_B = f"intel+nvidia · Intel Xeon 8480 · {short_fingerprint('box-b')}"
-
-
-@pytest.fixture
-def signer() -> attest.Signer:
-    return attest.dev_signer()
-
-
-@pytest.fixture
-def pub(tmp_path: Path, signer: attest.Signer) -> Path:
-    return write_public_key(tmp_path / "dev.pub", signer)
 
 
 def certificate(tmp_path: Path, name: str, gates: dict[str, Any], signer: attest.Signer | None, *,

@@ -13,7 +13,7 @@ from certify.errors import PlanError
 from certify.plan import ModelPlan, load_plan
 from certify.recipes import Recipe, RecipeError
 from certify.recipes.build import BUILD_MARKER, made_by, materialize
-from tests.helpers.models import PLAN, build_dataset, build_mlp
+from tests.helpers.models import PLAN, mlp_project
 
 ort = pytest.importorskip("onnxruntime")
 WIDE = (16, 64, 64, 4)
@@ -25,17 +25,12 @@ def recipe_candidate(name: str, recipe: str, framework: str = "onnxruntime") -> 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("recipes")
-    build_mlp(folder / "fp32.onnx", WIDE)
-    build_dataset(folder / "data.npz", folder / "fp32.onnx")
-    return folder
+    return mlp_project(tmp_path_factory.mktemp("recipes"), WIDE)
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CERTIFY_CACHE_DIR", str(tmp_path / "cache"))
-    materialize.cache_clear()
-    return tmp_path / "cache"
+def cache(recipe_cache: Path) -> Path:
+    return recipe_cache
 
 
 def model_of(project: Path, *recipes: str) -> ModelPlan:

@@ -21,7 +21,7 @@ from certify.backends.olive import OliveBackend, olive_facts
 from certify.plan import ModelPlan, ModelRef, load_plan
 from certify.recipes import RecipeError
 from certify.recipes.build import BUILD_MARKER, made_by, materialize
-from tests.helpers.models import PLAN, build_dataset, build_mlp
+from tests.helpers.models import PLAN, mlp_project
 
 # not pytest.importorskip("olive"): importing olive costs ~5 s (torch, transformers) and the builds run in a child
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("olive") is None, reason="olive-ai is not installed")
@@ -37,17 +37,12 @@ def olive_candidate(name: str, params: str, method: str = "pass") -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("olive")
-    build_mlp(folder / "fp32.onnx", WIDE)
-    build_dataset(folder / "data.npz", folder / "fp32.onnx")
-    return folder
+    return mlp_project(tmp_path_factory.mktemp("olive"), WIDE)
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CERTIFY_CACHE_DIR", str(tmp_path / "cache"))
-    materialize.cache_clear()
-    return tmp_path / "cache"
+def cache(recipe_cache: Path) -> Path:
+    return recipe_cache
 
 
 def model_of(project: Path, *candidates: str, plan: str = PLAN) -> ModelPlan:
