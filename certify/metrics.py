@@ -2,6 +2,12 @@
 
 Metrics compare a model's outputs with the labels (``top1_accuracy``, ``top5_accuracy``, ``rmse``) or with
 the baseline's outputs on the same inputs (``top1_agreement``, ``cosine_similarity``).
+
+Language models (outputs: next-token logits ``[chunks, tokens, vocab]``, labels: the next tokens
+``[chunks, tokens]``) have their own, scored per chunk so intervals resample whole chunks:
+``token_agreement`` (share of positions where the candidate's top token is the baseline's; the baseline scores
+1.0, so retention is the agreement itself) and ``perplexity`` (exp of the mean negative log-likelihood of the
+true next tokens; lower is better, so retention is baseline / candidate perplexity).
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ class Metric:
     per_sample: Scores
     higher_is_better: bool = True
     needs_labels: bool = False
-    root_mean: bool = False  # rmse: sqrt of the mean of per-sample squared errors
+    finish: str = ""  # "sqrt": rmse from mean squared errors; "exp": perplexity from mean log-likelihoods
+    language_model: bool = False  # outputs are next-token logits [chunks, tokens, vocab]
 
     def reduce(self, scores: np.ndarray, axis: int = -1) -> np.ndarray:
-        """Mean over samples (vectorised over bootstrap rows when scores is 2-D)."""
+        """Mean over samples (vectorised over bootstrap rows when scores is 2-D), then ``finish``."""
         mean = scores.mean(axis=axis)
-        return np.asarray(np.sqrt(mean) if self.root_mean else mean)
+        return np.asarray(np.sqrt(mean) if self.finish == "sqrt" else np.exp(mean) if self.finish == "exp" else mean)
 
     def value(self, outputs: np.ndarray, labels: np.ndarray | None, baseline: np.ndarray) -> float:
         return float(self.reduce(self.per_sample(outputs, labels, baseline)))
@@ -63,6 +70,28 @@ def _squared_error(outputs: np.ndarray, labels: np.ndarray | None, _: np.ndarray
     return np.asarray((diff**2).mean(axis=1), dtype=np.float64)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Natural-log probabilities over the last axis, in float64 (full precision, as the field computes them)."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)))
+
+
+def _token_agreement(outputs: np.ndarray, _: np.ndarray | None, baseline: np.ndarray) -> np.ndarray:
+    return np.asarray((outputs.argmax(axis=-1) == baseline.argmax(axis=-1)).mean(axis=-1), dtype=np.float64)
+
+
+def token_nll(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of each true next token: ``[chunks, tokens]``, one chunk at a time (memory)."""
+    return np.stack([-np.take_along_axis(log_softmax(chunk), label[:, None].astype(np.int64), axis=-1)[:, 0]
+                     for chunk, label in zip(outputs, labels, strict=True)])
+
+
+def _nll(outputs: np.ndarray, labels: np.ndarray | None, _: np.ndarray) -> np.ndarray:
+    assert labels is not None
+    return np.asarray(token_nll(outputs, labels).mean(axis=-1), dtype=np.float64)
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
@@ -70,6 +99,8 @@ METRICS: dict[str, Metric] = {
         Metric("top5_accuracy", _top5, needs_labels=True),
         Metric("top1_agreement", _agreement),
         Metric("cosine_similarity", _cosine),
-        Metric("rmse", _squared_error, higher_is_better=False, needs_labels=True, root_mean=True),
+        Metric("rmse", _squared_error, higher_is_better=False, needs_labels=True, finish="sqrt"),
+        Metric("token_agreement", _token_agreement, language_model=True),
+        Metric("perplexity", _nll, higher_is_better=False, needs_labels=True, finish="exp", language_model=True),
     )
 }

@@ -62,6 +62,22 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class LanguageModel(Backend, Protocol):
+    """A backend for causal language models (llama.cpp, MLX). Its one input is ``tokens`` (int32, [batch, n]):
+
+    - ``infer({"tokens": t})`` evaluates each row from an empty context and returns ``[logits]`` with logits
+      float32 ``[batch, n, vocab]``: the model's next-token scores after every position (prompt processing);
+    - ``decode_step(token)`` appends one token to a running context and computes its next-token logits (one
+      generation step, what tokens/s of generation measures); the context restarts when it is full;
+    - ``tokenize(text)`` gives the model's token ids for a text (no BOS added).
+    """
+
+    def decode_step(self, token: int) -> None: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+
 def prepare_feeds(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Map dataset arrays onto model inputs and check them, once, before any timing.
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from certify.measure import stats
 from certify.measure.client import WorkerClient
+from certify.measure.fidelity import fidelity
 from certify.metrics import Metric
 from certify.plan import Measure, ModelRef
 
@@ -36,11 +37,14 @@ def evaluate(metric: Metric, base_out: np.ndarray, cand_out: np.ndarray, labels:
     kept, interval = stats.paired_statistic(
         metric.reduce, base_scores, cand_scores, lambda b, c: retention(metric, b, c),
         resamples=measure.bootstrap_resamples, seed=measure.seed, confidence=confidence)
-    agreement = float((base_out.reshape(len(base_out), -1).argmax(1)
-                       == cand_out.reshape(len(cand_out), -1).argmax(1)).mean())
-    return {
+    result = {
         "metric": metric.name, "higher_is_better": metric.higher_is_better,
         "baseline": float(metric.reduce(base_scores)), "candidate": float(metric.reduce(cand_scores)),
-        "retention": kept, "interval": list(interval), "confidence": confidence,
-        "top1_agreement": agreement, "samples": int(base_scores.size),
+        "retention": kept, "interval": list(interval), "confidence": confidence, "samples": int(base_scores.size),
     }
+    if metric.language_model:
+        report = fidelity(base_out, cand_out, labels)
+        return {**result, "top1_agreement": report["top1_agreement"]["mean"], "fidelity": report}
+    agreement = float((base_out.reshape(len(base_out), -1).argmax(1)
+                       == cand_out.reshape(len(cand_out), -1).argmax(1)).mean())
+    return {**result, "top1_agreement": agreement}
