@@ -80,6 +80,11 @@ def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
                "stop_reason": speed["stop_reason"], "duration_s": speed["duration_s"],
                "executed_device": speed["candidate"]["executed_device"]}
     label = f"speedup (median {b['p50_ms']:.3g} ms -> {c['p50_ms']:.3g} ms, {speed['samples']} paired samples)"
+    if speed.get("mode") == "decode":  # language-model generation: one sample is one generated token
+        base_tps, cand_tps = 1000.0 / b["p50_ms"], 1000.0 / c["p50_ms"]
+        details.update(baseline_tokens_per_s=base_tps, candidate_tokens_per_s=cand_tps)
+        label = (f"generation speedup ({base_tps:.4g} -> {cand_tps:.4g} tokens/s at the median, "
+                 f"{speed['samples']} paired tokens)")
     interval = (speed["interval"][0], speed["interval"][1])
     return decide("speed", label, speed["speedup"], interval, policy.min_speedup, policy=policy, unit="x",
                   hint=hint, details=details)

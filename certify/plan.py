@@ -85,7 +85,8 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Evaluation data: a ``.npz`` (inputs and labels by key) or a ``module:function`` loader."""
+    """Evaluation data: a ``.npz`` (inputs and labels by key), a ``module:function`` loader, or for language
+    models a ``text`` file, tokenized by the baseline and cut into ``chunks`` windows of ``context`` tokens."""
 
     path: Path | None
     loader: str | None
@@ -94,6 +95,10 @@ class Dataset:
     batch_size: int = 64
     speed_batch_size: int = 1
     limit: int = 0
+    text: Path | None = None
+    context: int = 128
+    chunks: int = 8
+    speed: str = "generation"  # language models: time token generation, or prompt processing ("prompt")
 
 
 @dataclass(frozen=True)
@@ -285,10 +290,16 @@ def _measure(top: _Table) -> Measure:
 
 def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
     table.check_keys({"name", "metric", "dataset", "baseline", "candidates"})
-    metric = table.get("metric", str, "top1_accuracy")
+    dataset = _dataset(table.sub("dataset"), base)
+    metric = table.get("metric", str, "token_agreement" if dataset.text else "top1_accuracy")
     if metric not in METRICS:
         raise table.error("metric", f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}",
                           hint=f"known metrics: {', '.join(METRICS)}")
+    if METRICS[metric].language_model != (dataset.text is not None):
+        kind = "a text dataset (language model)" if dataset.text else "an array dataset"
+        raise table.error("metric", f"metric {metric!r} does not fit {kind}",
+                          hint="language models: token_agreement or perplexity; others: "
+                          + ", ".join(m for m, v in METRICS.items() if not v.language_model))
     cands_raw = table.get("candidates", list)
     if not cands_raw:
         raise table.error("candidates", "at least one candidate is required")
@@ -298,7 +309,6 @@ def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
     )
     _unique([c.name for c in candidates], table, "candidates", "candidate name")
     _check_recipe_sources(table, candidates)
-    dataset = _dataset(table.sub("dataset"), base)
     if METRICS[metric].needs_labels and dataset.labels is None:
         raise table.error("dataset.labels", f"metric {metric!r} needs labels",
                           hint="name the labels key, or use metric = 'top1_agreement'")
@@ -412,9 +422,13 @@ def _freeze(value: Any) -> Any:
 
 
 def _dataset(table: _Table, base: Path) -> Dataset:
-    table.check_keys({"path", "loader", "inputs", "labels", "batch_size", "speed_batch_size", "limit"})
-    if ("path" in table.data) == ("loader" in table.data):
-        raise table.error("path", "give exactly one of 'path' (a .npz file) or 'loader' ('module:function')")
+    table.check_keys({"path", "loader", "inputs", "labels", "batch_size", "speed_batch_size", "limit", "text",
+                      "context", "chunks", "speed"})
+    if sum(k in table.data for k in ("path", "loader", "text")) != 1:
+        raise table.error("path", "give exactly one of 'path' (a .npz file), 'loader' ('module:function') or "
+                          "'text' (a text file, for language models)")
+    if "text" in table.data:
+        return _text_dataset(table, base)
     path = _existing_path(table, "path", base) if "path" in table.data else None
     loader = table.get("loader", str, None)
     if loader is not None and ":" not in loader:
@@ -429,6 +443,15 @@ def _dataset(table: _Table, base: Path) -> Dataset:
     if path is not None:
         dataset = _check_npz_keys(table, path, dataset)
     return dataset
+
+
+def _text_dataset(table: _Table, base: Path) -> Dataset:
+    speed = table.get("speed", str, "generation")
+    if speed not in ("generation", "prompt"):
+        raise table.error("speed", f"must be 'generation' or 'prompt', got {speed!r}")
+    return Dataset(path=None, loader=None, inputs=(("", "tokens"),), labels="next_tokens",
+                   batch_size=_positive(table, "batch_size", 1), text=_existing_path(table, "text", base),
+                   context=_positive(table, "context", 128), chunks=_positive(table, "chunks", 8), speed=speed)
 
 
 def _positive(table: _Table, key: str, default: int) -> int:

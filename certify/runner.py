@@ -136,6 +136,8 @@ class CertificationRun:
 
     @functools.lru_cache(maxsize=8)  # noqa: B019
     def data(self, model: ModelPlan) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        if model.dataset.text is not None:
+            return dataset.load_text_dataset(model.dataset, model.baseline, self.plan.measure.timeout_s)
         return dataset.load_dataset(model.dataset)
 
     def accuracy(self, case: Case, measurement: dict[str, Any]) -> GateResult:
@@ -159,8 +161,10 @@ class CertificationRun:
 
     def paired_speed(self, case: Case) -> dict[str, Any]:
         policy, feeds = self.plan.policy_for(case.candidate), self.speed_feeds(case.model)
+        mode = "decode" if case.model.dataset.text and case.model.dataset.speed == "generation" else "infer"
         return self.store.cached_json(f"{case.key}-speed", lambda: speed.measure_speed(
-            case.model.baseline, case.candidate, feeds, self.plan.measure, policy.min_speedup, policy.confidence))
+            case.model.baseline, case.candidate, feeds, self.plan.measure, policy.min_speedup, policy.confidence,
+            mode))
 
     def speed(self, case: Case, measurement: dict[str, Any]) -> GateResult:
         run = self.paired_speed(case)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from certify.errors import CertifyError
-from certify.plan import Dataset
+from certify.plan import Dataset, ModelRef
 
 
 class DatasetError(CertifyError):
@@ -30,6 +30,34 @@ def load_dataset(dataset: Dataset) -> tuple[dict[str, np.ndarray], np.ndarray | 
         labels = labels[: dataset.limit] if labels is not None else None
     _check_lengths(inputs, labels, where)
     return inputs, labels
+
+
+def load_text_dataset(dataset: Dataset, tokenizer: ModelRef, timeout_s: float
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A language model's evaluation data: the text tokenized by ``tokenizer`` (the baseline, in a worker), cut
+    into ``chunks`` windows of ``context`` tokens; labels are each position's next token."""
+    from certify.measure.client import WorkerClient
+
+    assert dataset.text is not None
+    try:
+        text = dataset.text.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"dataset.text {dataset.text}: cannot read it as UTF-8 text ({exc})",
+                           hint="give a UTF-8 text file") from None
+    with WorkerClient("baseline", tokenizer, timeout_s) as worker:
+        worker.call("load", ref=tokenizer)
+        tokens = worker.call("tokenize", text=text)
+    return text_chunks(tokens, dataset)
+
+
+def text_chunks(tokens: list[int], dataset: Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    window = dataset.context + 1
+    count = min(dataset.chunks, len(tokens) // window)
+    if count == 0:
+        raise DatasetError(f"dataset.text {dataset.text}: {len(tokens)} tokens, fewer than one window of "
+                           f"context + 1 = {window}", hint="use a longer text or a smaller dataset.context")
+    windows = np.asarray(tokens[: count * window], dtype=np.int32).reshape(count, window)
+    return {"": windows[:, :-1]}, windows[:, 1:]
 
 
 def speed_batch(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -32,22 +32,26 @@ class SpeedRun:
     block: int = 1  # timed iterations per block
     rewarm: int = 1  # untimed iterations before each block
     rounds: int = 0
+    mode: str = "infer"  # what one iteration is: an inference, or one generated token ("decode")
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.baseline_ns), np.concatenate(self.candidate_ns)
 
 
 def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndarray], measure: Measure,
-                  threshold: float, confidence: float) -> dict[str, Any]:
-    """Returns the evidence of a paired speed run: samples, summaries, speedup with interval, stop reason."""
+                  threshold: float, confidence: float, mode: str = "infer") -> dict[str, Any]:
+    """Returns the evidence of a paired speed run: samples, summaries, speedup with interval, stop reason.
+    ``mode = "decode"`` times language-model generation: one iteration is one token appended to the context."""
     with WorkerClient("baseline", baseline, measure.timeout_s) as a, \
             WorkerClient("candidate", candidate, measure.timeout_s) as b:
         loaded = {"baseline": a.call("load", ref=baseline), "candidate": b.call("load", ref=candidate)}
         for worker in (a, b):
             worker.call("feeds", key="speed", arrays=feeds)
-        warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations)) for w in (a, b)]
+        warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations, mode=mode))
+                for w in (a, b)]
         block = max(1, int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)))
-        run, started = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE))), time.monotonic()
+        run = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE)), mode=mode)
+        started = time.monotonic()
         stop = _interleave(a, b, run, measure, threshold, confidence, started)
         elapsed = time.monotonic() - started
     base_ns, cand_ns = run.arrays()
@@ -55,7 +59,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
                                                seed=measure.seed, confidence=confidence, block=run.block)
     return {
         "speedup": speedup, "interval": list(interval), "confidence": confidence, "stop_reason": stop,
-        "duration_s": elapsed, "rounds": run.rounds, "block_iterations": block, "order": "ABBA",
+        "duration_s": elapsed, "rounds": run.rounds, "block_iterations": block, "order": "ABBA", "mode": mode,
         "bootstrap": "paired blocks", "block_rewarm_iterations": run.rewarm,
         "samples": int(base_ns.size), "warmup_iterations": measure.warmup_iterations,
         "baseline": {"latency": stats.summarize(base_ns), "drift": stats.drift(base_ns), **_where(loaded["baseline"])},
@@ -75,7 +79,7 @@ def _interleave(a: WorkerClient, b: WorkerClient, run: SpeedRun, measure: Measur
     while True:
         for worker, side in ((a, run.baseline_ns), (b, run.candidate_ns), (b, run.candidate_ns),
                              (a, run.baseline_ns)):
-            side.append(worker.call("run", key="speed", iterations=run.block, rewarm=run.rewarm))
+            side.append(worker.call("run", key="speed", iterations=run.block, rewarm=run.rewarm, mode=run.mode))
         run.rounds += 1
         elapsed, n = time.monotonic() - started, run.rounds * 2 * run.block
         if n >= measure.max_iterations:

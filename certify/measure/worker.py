@@ -68,11 +68,15 @@ class Worker:
         self.feeds[key] = prepare_feeds(self.backend.input_specs(), arrays)
         return {name: list(a.shape) for name, a in self.feeds[key].items()}
 
-    def cmd_run(self, key: str, iterations: int, rewarm: int = 0) -> np.ndarray:
+    def cmd_run(self, key: str, iterations: int, rewarm: int = 0, mode: str = "infer") -> np.ndarray:
         """The timed loop: only the inference call sits between the two clock reads.
 
         ``rewarm`` untimed iterations first bring the model back into cache after another process ran.
+        ``mode = "decode"`` (language models): each iteration generates one token, fed from the speed input's
+        tokens in turn (the same tokens for baseline and candidate).
         """
+        if mode == "decode":
+            return self._decode_run(key, iterations, rewarm)
         feeds, infer, clock = self.feeds[key], self.backend.infer, time.perf_counter_ns
         for _ in range(rewarm):
             infer(feeds)
@@ -82,6 +86,22 @@ class Worker:
             infer(feeds)
             times[i] = clock() - start
         return times
+
+    def _decode_run(self, key: str, iterations: int, rewarm: int) -> np.ndarray:
+        tokens = [int(t) for t in self.feeds[key]["tokens"].reshape(-1)]
+        step, clock = self.backend.decode_step, time.perf_counter_ns
+        for i in range(rewarm):
+            step(tokens[i % len(tokens)])
+        times = np.empty(iterations, dtype=np.int64)
+        for i in range(iterations):
+            token = tokens[i % len(tokens)]
+            start = clock()
+            step(token)
+            times[i] = clock() - start
+        return times
+
+    def cmd_tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in self.backend.tokenize(text)]
 
     def cmd_predict(self, key: str, batch_size: int) -> np.ndarray:
         """Run the whole dataset in batches; return the first output, concatenated."""

@@ -55,3 +55,15 @@ def test_empty_npz_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "e.npz", x=np.zeros((0, 2)), y=np.zeros(0))
     with pytest.raises(DatasetError, match="has no samples"):
         load_dataset(Dataset(path=tmp_path / "e.npz", loader=None, inputs=(("", "x"),), labels="y"))
+
+
+def test_text_is_cut_into_windows_whose_labels_are_the_next_tokens(tmp_path: Path) -> None:
+    from certify.measure.dataset import text_chunks
+
+    dataset = Dataset(path=None, loader=None, inputs=(("", "tokens"),), labels="next_tokens",
+                      text=tmp_path / "corpus.txt", context=4, chunks=2)
+    inputs, labels = text_chunks(list(range(100, 113)), dataset)
+    assert inputs[""].tolist() == [[100, 101, 102, 103], [105, 106, 107, 108]]
+    assert labels.tolist() == [[101, 102, 103, 104], [106, 107, 108, 109]] and inputs[""].dtype == np.int32
+    with pytest.raises(DatasetError, match="3 tokens, fewer than one window of context \\+ 1 = 5"):
+        text_chunks([1, 2, 3], dataset)

@@ -135,3 +135,16 @@ def test_device_strings_map_to_a_device_class(device: str, device_class: str) ->
     from certify.plan import ModelRef
 
     assert ModelRef("m", None, "openvino", device=device).device_class == device_class
+
+
+def test_text_datasets_are_for_language_model_metrics(project: Path) -> None:
+    (project / "corpus.txt").write_text("some text")
+    wrong = PLAN.replace('path = "data.npz"', 'text = "corpus.txt"\ncontext = 64') + candidate("int8", "int8.onnx")
+    model = load_plan(write(project, wrong.replace('metric = "top1_accuracy"\n', ""))).models[0]
+    assert model.metric == "token_agreement" and model.dataset.context == 64 and model.dataset.speed == "generation"
+    assert model.dataset.text == project / "corpus.txt"
+    err = error_of(project, wrong)
+    assert err.key == "models[0].metric" and "does not fit a text dataset" in err.message
+    err = error_of(project, PLAN.replace('metric = "top1_accuracy"', 'metric = "perplexity"')
+                   + candidate("int8", "int8.onnx"))
+    assert "does not fit an array dataset" in err.message
