@@ -8,8 +8,10 @@
 #   CERTIFY_TORCH        the requirement (default torch==2.13.0)
 #   CERTIFY_TORCH_INDEX  an index with CPU builds, e.g. https://download.pytorch.org/whl/cpu (default: pip's own
 #                        configuration, which on this project's machines serves the CPU wheel)
+# llama-cpp-python compiles from source; CMAKE_ARGS defaults to a portable build (no -march=native), ~7 min on 2 cores.
 set -euo pipefail
 extras="${1:-demo}"
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 cd "$(dirname "$0")/.."
 case ",$extras," in
   *,olive,*|*,demo,*|*,dev,*)

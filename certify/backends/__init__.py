@@ -31,6 +31,8 @@ BACKENDS: dict[str, BackendEntry] = {
     "openvino": BackendEntry("certify.backends.openvino:OpenVinoBackend",
                              "pip install 'edge-certify[openvino]' (openvino, nncf)"),
     "olive": BackendEntry("certify.backends.olive:OliveBackend", "pip install 'edge-certify[olive]' (runs on ORT)"),
+    "llamacpp": BackendEntry("certify.backends.llamacpp:LlamaCppBackend",
+                             "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"),
 }
 
 

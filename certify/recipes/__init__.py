@@ -64,6 +64,9 @@ class RecipeKind:
 
 ORT_TYPES = ("QInt8", "QUInt8")
 NNCF_MODES = ("INT8_ASYM", "INT8_SYM", "INT4_SYM", "INT4_ASYM")
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L",
+              "Q3_K_M", "Q3_K_S", "Q2_K", "F16", "BF16")
+LLAMACPP = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"
 ORT, OV, OLIVE = "pip install 'edge-certify[ort]'", "pip install 'edge-certify[openvino]'", \
     "see the README: torch CPU first, then pip install 'edge-certify[olive]'"
 RECIPES: dict[tuple[str, str], RecipeKind] = {
@@ -93,6 +96,10 @@ RECIPES: dict[tuple[str, str], RecipeKind] = {
         {"preset": ("performance", "mixed"), "samples": int, "max_drop": float,
          "drop_type": ("relative", "absolute")},
         "nncf", OV, calibrated=True, distributions=("openvino", "nncf")),
+    ("llamacpp", "quantize"): RecipeKind(
+        "certify.recipes.llamacpp:quantize", "quantization",
+        {"type": GGUF_TYPES, "allow_requantize": bool, "threads": int},
+        "llama_cpp", LLAMACPP, distributions=("llama-cpp-python", "gguf")),
     ("olive", "pass"): RecipeKind(
         "certify.recipes.olive:run_pass", "quantization",
         {"pass": str, "config": dict, "samples": int, "provider": str},
