@@ -107,7 +107,7 @@ class CertificationRun:
     def why_not_evaluated(self, case: Case) -> str:
         """'' when the case can run here, else what was detected and what to do."""
         wanted = case.candidate.platforms
-        if wanted and not set(wanted) & set(self.host.platforms):
+        if wanted and not set(wanted) & set(self.host.platforms) and case.gate not in self._portable(case.candidate):
             return (f"target platform {'/'.join(wanted)} not present on this host: {self.host.describe()}; "
                     f"run it on a host of that platform")
         for role, ref in (("candidate", case.candidate), ("baseline", case.model.baseline)):
@@ -116,6 +116,15 @@ class CertificationRun:
                 return f"{role} {ref.name!r}: {problem}"
         return f"candidate {case.candidate.name!r}: {unavailable(case.candidate.recipe)}" \
             if case.candidate.recipe and unavailable(case.candidate.recipe) else ""
+
+    @staticmethod
+    def _portable(ref: ModelRef) -> tuple[str, ...]:
+        """Gates whose result on another platform still holds for the target (a backend's ``portable_gates``:
+        MLX's accuracy and memory on the Linux CPU backend stand for Apple silicon; its speed does not)."""
+        try:
+            return tuple(getattr(resolve_backend(ref.framework), "portable_gates", ()))
+        except CertifyError:
+            return ()
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def _cannot_run(self, ref: ModelRef) -> str:

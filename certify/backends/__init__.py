@@ -33,6 +33,7 @@ BACKENDS: dict[str, BackendEntry] = {
     "olive": BackendEntry("certify.backends.olive:OliveBackend", "pip install 'edge-certify[olive]' (runs on ORT)"),
     "llamacpp": BackendEntry("certify.backends.llamacpp:LlamaCppBackend",
                              "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"),
+    "mlx": BackendEntry("certify.backends.mlx:MlxBackend", "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux)"),
 }
 
 

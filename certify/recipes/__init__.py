@@ -100,6 +100,9 @@ RECIPES: dict[tuple[str, str], RecipeKind] = {
         "certify.recipes.llamacpp:quantize", "quantization",
         {"type": GGUF_TYPES, "allow_requantize": bool, "threads": int},
         "llama_cpp", LLAMACPP, distributions=("llama-cpp-python", "gguf")),
+    ("mlx", "quantize"): RecipeKind(
+        "certify.recipes.mlx:quantize", "quantization", {"bits": int, "group_size": int},
+        "mlx.core", "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux)", distributions=("mlx",)),
     ("olive", "pass"): RecipeKind(
         "certify.recipes.olive:run_pass", "quantization",
         {"pass": str, "config": dict, "samples": int, "provider": str},
