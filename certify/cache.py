@@ -4,10 +4,12 @@ so a failed or killed build never leaves a partial result that a later run would
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 from certify.evidence import file_lock
@@ -15,6 +17,21 @@ from certify.evidence import file_lock
 
 def cache_root() -> Path:
     return Path(os.environ.get("CERTIFY_CACHE_DIR") or Path.home() / ".cache" / "certify")
+
+
+def content_hash(sources: tuple[Path, ...], packages: tuple[str, ...], extra: str = "") -> str:
+    """A short digest of what shapes a build: its source files, the versions of the packages it uses (by
+    distribution name; 'missing' when absent) and any other settings in ``extra``."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
+    digest.update(extra.encode())
+    for name in packages:
+        try:
+            digest.update(f"{name}={metadata.version(name)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{name}=missing".encode())
+    return digest.hexdigest()[:16]
 
 
 def build_once(target: Path, done_marker: str, build: Callable[[Path], None]) -> Path:
