@@ -15,8 +15,9 @@ from typing import Any
 from certify.errors import CertifyError
 from certify.hardware import GATES
 
-DEMO_NOTE = ("demo: the plan holds one candidate that is bad on purpose (int8-static-badcalib must FAIL accuracy) "
-             "and two that target hardware this host may not have (NOT EVALUATED here).")
+DEMO_NOTE = ("demo: the plan holds one candidate that is bad on purpose (int8-static-badcalib must FAIL accuracy), "
+             "two that target hardware this host may not have (NOT EVALUATED here), and OpenVINO candidates whose "
+             "speed or memory gates may fail honestly on this CPU (see the README).")
 
 
 def suites_dir() -> Path:
