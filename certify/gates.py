@@ -80,11 +80,26 @@ def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
                "stop_reason": speed["stop_reason"], "duration_s": speed["duration_s"],
                "executed_device": speed["candidate"]["executed_device"]}
     label = f"speedup (median {b['p50_ms']:.3g} ms -> {c['p50_ms']:.3g} ms, {speed['samples']} paired samples)"
-    if speed.get("mode") == "decode":  # language-model generation: one sample is one generated token
-        base_tps, cand_tps = 1000.0 / b["p50_ms"], 1000.0 / c["p50_ms"]
-        details.update(baseline_tokens_per_s=base_tps, candidate_tokens_per_s=cand_tps)
-        label = (f"generation speedup ({base_tps:.4g} -> {cand_tps:.4g} tokens/s at the median, "
-                 f"{speed['samples']} paired tokens)")
+    lm = speed.get("language_model")
+    if lm:  # a language model: the gated run is generation (one sample = one token) or prompt processing
+        base, cand = lm["baseline"], lm["candidate"]
+        details["language_model"] = lm
+        ttft = (f"time to first token {base['time_to_first_token_ms']['p50']:.3g} -> "
+                f"{cand['time_to_first_token_ms']['p50']:.3g} ms")
+        if speed.get("mode") == "decode":
+            details.update(baseline_tokens_per_s=base["generation_tokens_per_s"],
+                           candidate_tokens_per_s=cand["generation_tokens_per_s"])
+            label = (f"generation speedup ({base['generation_tokens_per_s']:.4g} -> "
+                     f"{cand['generation_tokens_per_s']:.4g} tokens/s at the median, {speed['samples']} paired "
+                     f"tokens; prompt processing {base['prompt_tokens_per_s']:.4g} -> "
+                     f"{cand['prompt_tokens_per_s']:.4g} tokens/s, {ttft}, not gated)")
+        else:
+            details.update(baseline_tokens_per_s=base["prompt_tokens_per_s"],
+                           candidate_tokens_per_s=cand["prompt_tokens_per_s"])
+            label = (f"prompt processing speedup ({base['prompt_tokens_per_s']:.4g} -> "
+                     f"{cand['prompt_tokens_per_s']:.4g} tokens/s, {ttft}, {speed['samples']} paired "
+                     f"{lm['prompt_tokens']}-token prompts; generation {base['generation_tokens_per_s']:.4g} -> "
+                     f"{cand['generation_tokens_per_s']:.4g} tokens/s, not gated)")
     interval = (speed["interval"][0], speed["interval"][1])
     return decide("speed", label, speed["speedup"], interval, policy.min_speedup, policy=policy, unit="x",
                   hint=hint, details=details)
@@ -97,7 +112,14 @@ def memory_gate(base: dict[str, Any], cand: dict[str, Any], policy: Policy, hint
     label = f"memory reduction ({base['model_bytes'] / mib:.1f} MiB -> {cand['model_bytes'] / mib:.1f} MiB)"
     details = {"baseline_bytes": base["model_bytes"], "candidate_bytes": cand["model_bytes"],
                "baseline_file_bytes": base["file_bytes"], "candidate_file_bytes": cand["file_bytes"],
-               "method": cand["method"]}
+               "method": cand["method"], "counts": "resident set, weights mapped from the model file included",
+               "baseline_mapped_bytes": base.get("mapped_model_bytes"),
+               "candidate_mapped_bytes": cand.get("mapped_model_bytes"),
+               "baseline_bytes_without_mapped": base.get("model_bytes_without_mapped"),
+               "candidate_bytes_without_mapped": cand.get("model_bytes_without_mapped")}
+    mapped = cand.get("mapped_model_bytes") or 0
+    if mapped:
+        label += f" of which {mapped / mib:.1f} MiB are the candidate's file pages mapped (counted)"
     return decide("memory", label, value, interval, policy.min_memory_reduction, policy=policy, unit="%",
                   hint=hint, details=details)
 

@@ -169,11 +169,25 @@ class CertificationRun:
         return dataset.speed_batch(self.data(model)[0], model.dataset.speed_batch_size)
 
     def paired_speed(self, case: Case) -> dict[str, Any]:
-        policy, feeds = self.plan.policy_for(case.candidate), self.speed_feeds(case.model)
-        mode = "decode" if case.model.dataset.text and case.model.dataset.speed == "generation" else "infer"
-        return self.store.cached_json(f"{case.key}-speed", lambda: speed.measure_speed(
-            case.model.baseline, case.candidate, feeds, self.plan.measure, policy.min_speedup, policy.confidence,
-            mode))
+        """The paired speed run the speed and stability gates read. A language model is timed twice, prompt
+        processing (``prompt``) and generation (``decode``); the plan's ``dataset.speed`` picks the gated one
+        and the run carries both under ``language_model``."""
+        policy, feeds, data = self.plan.policy_for(case.candidate), self.speed_feeds(case.model), case.model.dataset
+        modes = ("infer",) if not data.text else ("decode", "prompt") if data.speed == "generation" \
+            else ("prompt", "decode")
+
+        def run(mode: str) -> dict[str, Any]:
+            return self.store.cached_json(f"{case.key}-speed-{mode}", lambda: speed.measure_speed(
+                case.model.baseline, case.candidate, feeds, self.plan.measure, policy.min_speedup,
+                policy.confidence, mode))
+
+        gated = run(modes[0])
+        if len(modes) == 1:
+            return gated
+        runs = {modes[0]: gated, modes[1]: run(modes[1])}
+        prompt_tokens = int(next(iter(feeds.values())).shape[1])
+        return {**gated, "language_model": speed.language_model_figures(runs["prompt"], runs["decode"],
+                                                                          prompt_tokens)}
 
     def speed(self, case: Case, measurement: dict[str, Any]) -> GateResult:
         run = self.paired_speed(case)

@@ -68,10 +68,15 @@ class LanguageModel(Backend, Protocol):
 
     - ``infer({"tokens": t})`` evaluates each row from an empty context and returns ``[logits]`` with logits
       float32 ``[batch, n, vocab]``: the model's next-token scores after every position (prompt processing);
+    - ``prefill(tokens)`` evaluates a 1-D prompt from an empty context, computes only its last position's
+      next-token logits and returns that token (greedy): what prompt processing tokens/s and time to first
+      token measure. The ``decode_step`` context then continues after the prompt;
     - ``decode_step(token)`` appends one token to a running context and computes its next-token logits (one
       generation step, what tokens/s of generation measures); the context restarts when it is full;
     - ``tokenize(text)`` gives the model's token ids for a text (no BOS added).
     """
+
+    def prefill(self, tokens: np.ndarray) -> int: ...
 
     def decode_step(self, token: int) -> None: ...
 

@@ -316,6 +316,17 @@ class LlamaCppBackend:
         self._pos = 0
         return [out]
 
+    def prefill(self, tokens: np.ndarray) -> int:
+        """Evaluate a prompt from an empty context in ``n_batch`` chunks, computing only the last position's
+        logits (as a deployment does), and return the greedy next token; ``decode_step`` continues after it."""
+        prompt = self._checked(np.asarray(tokens, dtype=np.int32).reshape(1, -1))[0]
+        self._clear()
+        for start in range(0, len(prompt), self._n_batch):
+            self._decode(prompt[start:start + self._n_batch], start, all_logits=False)
+        self._pos = len(prompt)
+        return int(np.argmax(np.ctypeslib.as_array(_lc().llama_get_logits_ith(self._llm.ctx, -1),
+                                                   shape=(self._n_vocab,))))
+
     def decode_step(self, token: int) -> None:
         """Append one token to the running context and compute its next-token logits (``last_logits()``)."""
         if not 0 <= token < self._n_vocab:

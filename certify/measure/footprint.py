@@ -1,6 +1,13 @@
 """Memory of a model: peak resident memory of a fresh worker after load + inference, minus its footprint
 just before the load (the framework is already imported then, so the interpreter and runtime libraries
-are not counted). Repeated in fresh workers; the median is the value, min..max the interval."""
+are not counted). Repeated in fresh workers; the median is the value, min..max the interval.
+
+The gated value counts weights mapped from the model file (mmap) like any other resident page: inference touches
+every weight on each pass, so on the device they must be in RAM either way; leaving them out would certify a
+mapped model as almost free. The figure without them (``model_bytes_without_mapped``: the value minus the
+model's file pages resident at the end) is recorded next to it, for a deployment that shares one mapped copy
+between processes.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measu
     samples: list[int] = []
     last: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
+    mapped: list[int | None] = []
     for _ in range(measure.memory_repeats):
         with WorkerClient(role, ref, measure.timeout_s) as worker:
             loaded = worker.call("load", ref=ref)
@@ -31,8 +39,14 @@ def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measu
             worker.call("run", key="mem", iterations=INFERENCES)
             last = worker.call("memory")
         samples.append(last["peak"] - last["rss_before"])
+        mapped.append(last["mapped_model"])
+    value = int(np.median(samples))
+    mapped_value = None if None in mapped else int(np.median([m or 0 for m in mapped]))
     return {
-        "model_bytes": int(np.median(samples)), "samples": samples, "min": min(samples), "max": max(samples),
+        "model_bytes": value, "samples": samples, "min": min(samples), "max": max(samples),
+        "mapped_model_bytes": mapped_value,
+        "model_bytes_without_mapped": None if mapped_value is None else max(value - mapped_value, 0),
+        "counts_mapped_weights": True,
         "rss_before": last["rss_before"], "peak": last["peak"], "peak_reset": last["peak_reset"],
         "file_bytes": model_files_bytes(ref), "executed_device": loaded["executed_device"],
         "method": "VmHWM after reset minus RSS before load" if last["peak_reset"] else "ru_maxrss minus RSS before",

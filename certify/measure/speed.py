@@ -99,3 +99,23 @@ def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> 
     _, (low, high) = stats.ratio_of_medians(base_ns, cand_ns, resamples=INTERIM_RESAMPLES, seed=seed,
                                             confidence=confidence, block=run.block)
     return low >= threshold or high < threshold
+
+
+def language_model_figures(prompt: dict[str, Any], generation: dict[str, Any], prompt_tokens: int) -> dict[str, Any]:
+    """``llama-bench``-style figures from a language model's two paired runs: prompt processing tokens/s (pp),
+    generation tokens/s (tg) and time to first token, baseline and candidate at the median, with each run's
+    speedup interval. Time to first token is a prompt run's latency (an empty context to the first token), so
+    its speedup is the prompt processing speedup."""
+
+    def side(role: str) -> dict[str, Any]:
+        pp, tg = prompt[role]["latency"], generation[role]["latency"]
+        return {"prompt_tokens_per_s": prompt_tokens * 1000.0 / pp["p50_ms"],
+                "generation_tokens_per_s": 1000.0 / tg["p50_ms"],
+                "time_to_first_token_ms": {"p50": pp["p50_ms"], "p90": pp["p90_ms"], "p99": pp["p99_ms"]}}
+
+    return {
+        "prompt_tokens": prompt_tokens, "baseline": side("baseline"), "candidate": side("candidate"),
+        "prompt_speedup": {"value": prompt["speedup"], "interval": prompt["interval"], "samples": prompt["samples"]},
+        "generation_speedup": {"value": generation["speedup"], "interval": generation["interval"],
+                               "samples": generation["samples"]},
+    }

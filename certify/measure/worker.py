@@ -73,10 +73,13 @@ class Worker:
 
         ``rewarm`` untimed iterations first bring the model back into cache after another process ran.
         ``mode = "decode"`` (language models): each iteration generates one token, fed from the speed input's
-        tokens in turn (the same tokens for baseline and candidate).
+        tokens in turn (the same tokens for baseline and candidate). ``mode = "prompt"``: each iteration processes
+        one prompt (a row of the speed input, in turn) from an empty context up to its first generated token.
         """
         if mode == "decode":
             return self._decode_run(key, iterations, rewarm)
+        if mode == "prompt":
+            return self._prompt_run(key, iterations, rewarm)
         feeds, infer, clock = self.feeds[key], self.backend.infer, time.perf_counter_ns
         for _ in range(rewarm):
             infer(feeds)
@@ -100,6 +103,19 @@ class Worker:
             times[i] = clock() - start
         return times
 
+    def _prompt_run(self, key: str, iterations: int, rewarm: int) -> np.ndarray:
+        prompts = [np.ascontiguousarray(row) for row in self.feeds[key]["tokens"]]
+        prefill, clock = self.backend.prefill, time.perf_counter_ns
+        for i in range(rewarm):
+            prefill(prompts[i % len(prompts)])
+        times = np.empty(iterations, dtype=np.int64)
+        for i in range(iterations):
+            prompt = prompts[i % len(prompts)]
+            start = clock()
+            prefill(prompt)
+            times[i] = clock() - start
+        return times
+
     def cmd_tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self.backend.tokenize(text)]
 
@@ -116,8 +132,12 @@ class Worker:
         return np.concatenate(parts, axis=0)
 
     def cmd_memory(self) -> dict[str, Any]:
+        """The peak and current resident set, and how much of the current one is the model's own files mapped."""
+        from certify.digests import model_files
+
+        files = {os.path.realpath(f) for f in model_files(self.backend.ref.file)} if self.backend else set()
         return {"rss_before": self.rss_before, "peak": memory.peak_bytes(), "rss_now": memory.rss_bytes(),
-                "peak_reset": self.peak_reset}
+                "peak_reset": self.peak_reset, "mapped_model": memory.mapped_bytes(files)}
 
     def cmd_exit(self) -> None:
         if self.backend is not None:

@@ -41,6 +41,12 @@ framework = "llamacpp"
 recipe = { tool = "llamacpp", method = "quantize", type = "Q8_0" }
 
 [[models.candidates]]
+name = "q8-mmap"
+framework = "llamacpp"
+recipe = { tool = "llamacpp", method = "quantize", type = "Q8_0" }
+options = { use_mmap = true }
+
+[[models.candidates]]
 name = "q2"
 framework = "llamacpp"
 recipe = { tool = "llamacpp", method = "quantize", type = "Q2_K" }
@@ -92,6 +98,13 @@ def test_generation_speed_is_paired_and_reported_in_tokens_per_second(llm_run: O
     assert speed["details"]["candidate_tokens_per_s"] > 0
     m = record(llm_run, "q8", "speed")["measurement"]
     assert m["mode"] == "decode" and m["order"] == "ABBA" and len(m["baseline_ns"]) == len(m["candidate_ns"])
+    lm = m["language_model"]  # prompt processing was timed too, paired the same way, and time to first token
+    assert lm["prompt_tokens"] == 64 and lm["prompt_speedup"]["samples"] > 0
+    for side in ("baseline", "candidate"):
+        figures = lm[side]
+        assert figures["prompt_tokens_per_s"] > figures["generation_tokens_per_s"] > 0  # batched beats one by one
+        assert figures["time_to_first_token_ms"]["p50"] == pytest.approx(64_000 / figures["prompt_tokens_per_s"])
+    assert "prompt processing" in speed["reason"] and "time to first token" in speed["reason"]
 
 
 def test_memory_counts_the_weights_and_a_broken_gguf_fails_alone(llm_run: Outcome) -> None:
@@ -99,6 +112,11 @@ def test_memory_counts_the_weights_and_a_broken_gguf_fails_alone(llm_run: Outcom
     memory = record(llm_run, "q8", "memory")["measurement"]
     assert memory["candidate"]["model_bytes"] < memory["baseline"]["model_bytes"]
     assert memory["candidate"]["file_bytes"] < memory["baseline"]["file_bytes"]
+    assert memory["candidate"]["mapped_model_bytes"] < 0.01 * memory["candidate"]["file_bytes"]  # mmap off
+    mapped = record(llm_run, "q8-mmap", "memory")["measurement"]["candidate"]
+    assert mapped["mapped_model_bytes"] >= 0.9 * mapped["file_bytes"]  # the weights are the file's pages: counted
+    assert mapped["model_bytes_without_mapped"] == mapped["model_bytes"] - mapped["mapped_model_bytes"] > 0
+    assert "mapped" in v[("q8-mmap", "memory")]["reason"]
     broken = v[("truncated", "accuracy")]
     assert broken["verdict"] == "fail" and "truncated.gguf" in broken["reason"] and "Traceback" not in broken["reason"]
     made = record(llm_run, "q8", "accuracy")["made_by"]

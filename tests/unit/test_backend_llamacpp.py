@@ -80,6 +80,22 @@ def test_decode_step_continues_the_context_like_a_longer_prompt(models: dict[str
     backend.close()
 
 
+@pytest.mark.parametrize("kind", ["f32", "q8_0"])
+def test_prefill_gives_the_greedy_first_token_and_decoding_continues_after_the_prompt(
+        models: dict[str, Path], kind: str) -> None:
+    backend = loaded(models[kind], n_batch=16)  # a 40-token prompt in three chunks
+    tokens = windows(models, 1, 41)[0]
+    full = backend.infer({"tokens": tokens[None, :]})[0][0]
+    first = backend.prefill(tokens[:40])
+    assert first == int(np.argmax(full[39]))
+    np.testing.assert_allclose(backend.last_logits(), full[39], atol=TOLERANCE[kind])  # type: ignore[attr-defined]
+    backend.decode_step(int(tokens[40]))  # position 40: right after the prompt
+    np.testing.assert_allclose(backend.last_logits(), full[40], atol=TOLERANCE[kind])  # type: ignore[attr-defined]
+    with pytest.raises(ModelError, match="n_ctx"):
+        backend.prefill(np.zeros(600, dtype=np.int32))
+    backend.close()
+
+
 def test_decode_step_restarts_when_the_context_is_full(models: dict[str, Path]) -> None:
     backend = loaded(models["f32"], n_ctx=32)
     tokens = windows(models, 1, 40)[0]
@@ -194,6 +210,23 @@ def test_worker_runs_the_model_in_isolation(models: dict[str, Path], kind: str) 
     np.testing.assert_array_equal(logits, direct)
     assert decode_times.shape == (20,) and (decode_times > 0).all() and prompt_times.shape == (3,)
     assert memory["peak"] - memory["rss_before"] >= 0.9 * models[kind].stat().st_size  # mmap off: weights resident
+
+
+@pytest.mark.parametrize("use_mmap", [False, True])
+def test_worker_times_prompts_and_reports_the_mapped_weights(models: dict[str, Path], use_mmap: bool) -> None:
+    model = ref(models["f32"], use_mmap=use_mmap)
+    with WorkerClient("candidate", model, 120) as worker:
+        worker.call("load", ref=model)
+        worker.call("feeds", key="k", arrays={"": windows(models, 2, 32)})
+        prompt_times = worker.call("run", key="k", iterations=4, rewarm=1, mode="prompt")
+        memory = worker.call("memory")
+    size = models["f32"].stat().st_size
+    assert prompt_times.shape == (4,) and (prompt_times > 0).all()
+    if use_mmap:  # the weights are the file's pages: resident, counted in the peak, and reported as mapped
+        assert memory["mapped_model"] >= 0.9 * size
+        assert memory["peak"] - memory["rss_before"] >= 0.9 * size
+    else:
+        assert memory["mapped_model"] < 0.01 * size
 
 
 def test_worker_load_failure_has_no_traceback(models: dict[str, Path]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from certify import gates
 from certify.gates import FAIL, PASS, decide
-from certify.measure import stats
+from certify.measure import speed, stats
 from certify.policy import POLICIES
 
 DEFAULT = POLICIES["edge-default"]
@@ -190,6 +191,42 @@ def test_speed_gate_with_a_real_paired_interval() -> None:
     assert gates.speed_gate(run, POINT, HINT).verdict == PASS
 
 
+def _lm_speed(mode: str) -> dict[str, Any]:
+    """A language model's paired runs: generation at 2 -> 4 ms per token, 64-token prompts at 40 -> 10 ms."""
+    rng = np.random.default_rng(1)
+    generation = _speed(2.0, (1.9, 2.1), 2e6 * rng.lognormal(0, 0.02, 300), 1e6 * rng.lognormal(0, 0.02, 300))
+    generation["baseline"], generation["candidate"] = generation["candidate"], generation["baseline"]
+    generation.update(speedup=0.5, interval=[0.48, 0.52], mode="decode")
+    prompt = _speed(4.0, (3.8, 4.2), 40e6 * rng.lognormal(0, 0.02, 300), 10e6 * rng.lognormal(0, 0.02, 300))
+    prompt["mode"] = "prompt"
+    figures = speed.language_model_figures(prompt, generation, 64)
+    return {**(generation if mode == "decode" else prompt), "language_model": figures}
+
+
+def test_language_model_figures_are_tokens_per_second_and_time_to_first_token() -> None:
+    lm = _lm_speed("decode")["language_model"]
+    assert lm["baseline"]["generation_tokens_per_s"] == pytest.approx(1000, rel=0.02)
+    assert lm["candidate"]["generation_tokens_per_s"] == pytest.approx(500, rel=0.02)
+    assert lm["baseline"]["prompt_tokens_per_s"] == pytest.approx(64 / 0.040, rel=0.02)
+    assert lm["candidate"]["time_to_first_token_ms"]["p50"] == pytest.approx(10, rel=0.02)
+    assert lm["prompt_speedup"]["value"] == 4.0 and lm["generation_speedup"]["interval"] == [0.48, 0.52]
+
+
+def test_speed_gate_on_generation_fails_a_slower_generator_and_reports_its_prompt_speed() -> None:
+    result = gates.speed_gate(_lm_speed("decode"), DEFAULT, HINT)
+    assert result.verdict == FAIL and "generation speedup" in result.reason
+    assert re.search(r"prompt processing 1[56]\d\d -> 6[34]\d\d tokens/s", result.reason)
+    assert "not gated" in result.reason
+    assert result.details["candidate_tokens_per_s"] == pytest.approx(500, rel=0.02)
+
+
+def test_speed_gate_on_prompts_passes_a_faster_prompt_processor() -> None:
+    result = gates.speed_gate(_lm_speed("prompt"), DEFAULT, HINT)
+    assert result.verdict == PASS and result.reason.startswith("prompt processing speedup")
+    assert re.search(r"time to first token (39\.\d|40\.\d) -> (9\.9\d|10\.\d) ms", result.reason)
+    assert result.details["candidate_tokens_per_s"] == pytest.approx(6400, rel=0.02)
+
+
 # --- memory_gate -------------------------------------------------------------------------------------------
 
 
@@ -221,6 +258,14 @@ def test_memory_gate_noisy_repeats_are_not_decisive() -> None:
     assert gates.memory_gate(base, cand, DEFAULT, HINT).verdict == FAIL
     assert "not decisive" in gates.memory_gate(base, cand, DEFAULT, HINT).reason
     assert gates.memory_gate(base, cand, POINT, HINT).verdict == PASS
+
+
+def test_memory_gate_counts_mapped_weights_and_reports_the_figure_without_them() -> None:
+    cand = {**_mem(40, 39, 41), "mapped_model_bytes": 30 * MIB, "model_bytes_without_mapped": 10 * MIB}
+    result = gates.memory_gate(_mem(100, 98, 102), cand, DEFAULT, HINT)
+    assert result.value == pytest.approx(0.6) and "30.0 MiB are the candidate's file pages mapped" in result.reason
+    assert result.details["candidate_bytes_without_mapped"] == 10 * MIB
+    assert "mapped from the model file included" in result.details["counts"]
 
 
 def test_memory_gate_zero_baseline_fails_without_crashing() -> None:
