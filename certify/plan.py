@@ -47,6 +47,21 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class Stress:
+    """The ``[stress]`` table: sustained load on one loaded model. ``clients`` concurrent closed-loop clients
+    for ``duration_s`` (``--certify-soak SECONDS`` raises it for long runs); with ``rate`` > 0 an open-loop phase
+    follows at that many requests per second with random (Poisson) arrivals, like MLPerf's Server scenario.
+    Throughput is compared across ``windows`` equal slices of the run; every ``sample_every``-th request's
+    outputs are compared with the same input's outputs in isolation."""
+
+    duration_s: float = 6.0
+    clients: int = 2
+    rate: float = 0.0
+    windows: int = 3
+    sample_every: int = 5
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """One model file to run: a baseline or a candidate."""
 
@@ -61,6 +76,10 @@ class ModelRef:
     policy_overrides: tuple[tuple[str, Any], ...] = ()
     recipe: Recipe | None = None
     missing_device: str = "skip"  # a candidate whose device is missing here: NOT EVALUATED (skip) or FAIL
+    sha256: str | None = None  # the digest the plan pins for the model (certify.digests.model_digest)
+    fallback: str | None = None  # the model that serves when this one fails to load: 'baseline' or a candidate
+    device_fallback: bool = True  # may the runtime fall back to another device than the one asked for?
+    allowed_op_domains: tuple[str, ...] = ()  # custom-operator domains the plan trusts (security gate)
 
     @property
     def file(self) -> Path:
@@ -118,6 +137,7 @@ class Plan:
     measure: Measure
     models: tuple[ModelPlan, ...]
     digest: str = field(default="")
+    stress: Stress = field(default_factory=Stress)
 
     def policy_for(self, candidate: ModelRef) -> Policy:
         return self.policy.with_overrides(dict(candidate.policy_overrides))
@@ -217,7 +237,7 @@ def find_plan(rootdir: Path) -> Path | None:
 
 def _parse(raw: Any, source: Path, where: str) -> Plan:
     top = _Table(raw, str(source), where)
-    top.check_keys({"name", "policy", "measure", "models"})
+    top.check_keys({"name", "policy", "measure", "stress", "models"})
     models_raw = top.get("models", list)
     if not models_raw:
         raise top.error("models", "at least one [[models]] entry is required")
@@ -233,7 +253,23 @@ def _parse(raw: Any, source: Path, where: str) -> Plan:
         measure=measure,
         models=models,
         digest="sha256:" + digest,
+        stress=_stress(top),
     )
+
+
+def _stress(top: _Table) -> Stress:
+    if "stress" not in top.data:
+        return Stress()
+    table, defaults = top.sub("stress"), Stress()
+    table.check_keys(set(defaults.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    for key in defaults.__dataclass_fields__:
+        default = getattr(defaults, key)
+        value = table.get(key, (int, float) if isinstance(default, float) else int, default)
+        if value < 0 or (value == 0 and key != "rate"):
+            raise table.error(key, f"must be positive, got {value!r}")
+        values[key] = value
+    return Stress(**values)
 
 
 def _unique(names: list[str], table: _Table, key: str, what: str) -> None:
@@ -309,6 +345,13 @@ def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
     )
     _unique([c.name for c in candidates], table, "candidates", "candidate name")
     _check_recipe_sources(table, candidates)
+    names = {c.name for c in candidates}
+    for i, cand in enumerate(candidates):
+        if cand.fallback is not None and (cand.fallback == cand.name or cand.fallback not in names | {"baseline"}):
+            raise table.error(f"candidates[{i}].fallback", f"{cand.fallback!r} is not the baseline or another "
+                              f"candidate{did_you_mean(cand.fallback, names - {cand.name})}",
+                              hint="name the model that serves when this one fails to load: 'baseline' or a "
+                              "candidate's name")
     if METRICS[metric].needs_labels and dataset.labels is None:
         raise table.error("dataset.labels", f"metric {metric!r} needs labels",
                           hint="name the labels key, or use metric = 'top1_agreement'")
@@ -331,8 +374,10 @@ def _existing_path(table: _Table, key: str, base: Path) -> Path:
 
 def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> ModelRef:
     """One model; ``threads`` is the plan's ``measure.threads``, the default for a model that sets none."""
-    allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options"}
-    table.check_keys(allowed | ({"policy", "recipe", "missing_device"} if candidate else set()))
+    allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options", "sha256",
+               "allowed_op_domains"}
+    table.check_keys(allowed | ({"policy", "recipe", "missing_device", "fallback", "device_fallback"}
+                                if candidate else set()))
     missing_device = table.get("missing_device", str, "skip")
     if missing_device not in ("skip", "fail"):
         raise table.error("missing_device", f"must be 'skip' or 'fail', got {missing_device!r}",
@@ -360,11 +405,27 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
         if candidate else (),
         recipe=recipe,
         missing_device=missing_device,
+        sha256=_sha256(table),
+        fallback=table.get("fallback", str, None),
+        device_fallback=table.get("device_fallback", bool, True),
+        allowed_op_domains=_str_list(table, "allowed_op_domains"),
     )
     if ref.device_class not in DEVICES:
         raise table.error("device", f"unknown device {device!r}{did_you_mean(device, DEVICES)}",
                           hint="use cpu, gpu or npu (or AUTO:<list> / HETERO:<list> for OpenVINO)")
     return ref
+
+
+def _sha256(table: _Table) -> str | None:
+    """A pinned digest, ``sha256:<64 hex>`` or the bare hex (as ``sha256sum`` prints it)."""
+    value = table.get("sha256", str, None)
+    if value is None:
+        return None
+    digest: str = value.lower().removeprefix("sha256:")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise table.error("sha256", f"expected 64 hex digits (optionally prefixed 'sha256:'), got {value!r}",
+                          hint="pin what `certify digest MODEL` (or sha256sum, for a single-file model) prints")
+    return digest
 
 
 def _recipe(table: _Table, base: Path) -> Recipe:

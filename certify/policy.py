@@ -27,6 +27,10 @@ class Policy:
     max_p99_over_p50: float = 3.0
     max_cv: float = 0.5
     max_drift: float = 0.25
+    max_load_p99_ratio: float = 4.0  # stress: p99 latency under load / p99 in isolation
+    max_throughput_decay: float = 0.2  # stress: 1 - throughput of the last window / the first
+    max_memory_growth_mib_per_min: float = 32.0  # stress: resident-memory slope under sustained load (leaks)
+    max_recovery_s: float = 30.0  # fallback: time from a fault to the next correct answer
     decision: str = "lower_bound"
     confidence: float = 0.95
 
@@ -49,7 +53,8 @@ class Policy:
 
 
 STRICTER_WHEN_HIGHER = ("min_accuracy_retention", "min_speedup", "min_memory_reduction", "confidence")
-STRICTER_WHEN_LOWER = ("max_p99_over_p50", "max_cv", "max_drift")
+STRICTER_WHEN_LOWER = ("max_p99_over_p50", "max_cv", "max_drift", "max_load_p99_ratio", "max_throughput_decay",
+                       "max_memory_growth_mib_per_min", "max_recovery_s")
 
 
 def weaker_points(thresholds: Mapping[str, Any], required: Policy) -> list[str]:
@@ -71,7 +76,8 @@ def weaker_points(thresholds: Mapping[str, Any], required: Policy) -> list[str]:
 POLICIES: dict[str, Policy] = {
     "edge-default": Policy(name="edge-default"),
     "edge-strict": Policy(
-        name="edge-strict", min_accuracy_retention=0.99, max_p99_over_p50=2.0, max_cv=0.25, max_drift=0.1
+        name="edge-strict", min_accuracy_retention=0.99, max_p99_over_p50=2.0, max_cv=0.25, max_drift=0.1,
+        max_load_p99_ratio=3.0, max_throughput_decay=0.1, max_memory_growth_mib_per_min=8.0, max_recovery_s=10.0,
     ),
 }
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +27,7 @@ from certify.plan import ModelPlan, ModelRef, Plan
 from certify.recipes import RecipeError, unavailable
 from certify.recipes.build import made_by, materialize
 
-EXCLUSIVE_GATES = ("speed", "stability", "memory")
+EXCLUSIVE_GATES = ("speed", "stability", "memory", "stress", "fallback")  # they time things or load the cores
 
 
 def _digest(ref: ModelRef) -> str | None:
@@ -209,9 +210,24 @@ class CertificationRun:
         return gates.memory_gate(base, cand, self.plan.policy_for(case.candidate), self.hint(case))
 
 
+def _check(module: str) -> Callable[[CertificationRun, Case, dict[str, Any]], GateResult]:
+    """A production-readiness gate implemented in ``certify.checks.<module>.evaluate``, imported when first used."""
+
+    def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
+        checks: Any = importlib.import_module(f"certify.checks.{module}")
+        result: GateResult = checks.evaluate(run, case, measurement)
+        return result
+
+    return evaluate
+
+
 GATES: dict[str, Callable[[CertificationRun, Case, dict[str, Any]], GateResult]] = {
     "accuracy": CertificationRun.accuracy,
     "speed": CertificationRun.speed,
     "stability": CertificationRun.stability,
     "memory": CertificationRun.memory,
+    "stress": _check("stress"),
+    "fallback": _check("fallback"),
+    "robustness": _check("robustness"),
+    "security": _check("security"),
 }

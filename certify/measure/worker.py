@@ -139,6 +139,13 @@ class Worker:
         return {"rss_before": self.rss_before, "peak": memory.peak_bytes(), "rss_now": memory.rss_bytes(),
                 "peak_reset": self.peak_reset, "mapped_model": memory.mapped_bytes(files)}
 
+    def cmd_check(self, module: str, function: str, **kwargs: Any) -> Any:
+        """The in-worker part of a production-readiness gate: ``certify.checks.<module>.<function>(worker, ...)``
+        (e.g. the stress load generator, which must run next to the loaded model)."""
+        import importlib
+
+        return getattr(importlib.import_module(f"certify.checks.{module}"), function)(self, **kwargs)
+
     def cmd_exit(self) -> None:
         if self.backend is not None:
             self.backend.close()
