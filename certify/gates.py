@@ -37,6 +37,12 @@ class GateResult:
         data["interval"] = list(self.interval) if self.interval else None
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateResult:
+        """The inverse of ``to_dict`` (a result read back from the evidence)."""
+        interval = data.get("interval")
+        return cls(**{**data, "interval": (interval[0], interval[1]) if interval else None})
+
 
 def _fmt(value: float, unit: str) -> str:
     return f"{value:.1%}" if unit == "%" else f"{value:.3g}{unit}"

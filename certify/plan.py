@@ -44,6 +44,7 @@ class Measure:
     bootstrap_resamples: int = 2000
     seed: int = 0
     threads: int = 0
+    memory_limit_mib: int = 0  # each worker's data-segment limit (RLIMIT_DATA); 0 = none
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ def _measure(top: _Table) -> Measure:
         default = getattr(defaults, key)
         typ = (int, float) if isinstance(default, float) else int
         value = table.get(key, typ, default)
-        if value < 0 or (key != "threads" and key != "seed" and value == 0):
+        if value < 0 or (key not in ("threads", "seed", "memory_limit_mib") and value == 0):
             raise table.error(key, f"must be positive, got {value!r}")
         values[key] = value
     if values["min_iterations"] > values["max_iterations"]:

@@ -47,8 +47,10 @@ class SessionState:
     interrupted: bool = False
     signer: Signer | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    resuming: bool = False
     _plan: Plan | None = None
     _run: CertificationRun | None = None
+    _previous: dict[tuple[str, str], dict[str, Any]] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -62,8 +64,20 @@ class SessionState:
                 from certify.fixtures import demo
 
                 path = demo.ensure_built()
-            self._plan = _load(path, self.config.getoption("certify_decision"))
+            self._plan = _load(path, self.config.getoption("certify_decision"), self.config.getoption("certify_soak"))
         return self._plan
+
+    def previous(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(case id, gate) -> the evidence record an interrupted run left in the run folder (``--certify-resume``);
+        the newest record of a case wins."""
+        if self._previous is None:
+            self._previous = {}
+            if self.resuming:
+                from certify.evidence import EvidenceStore
+
+                for record in EvidenceStore(self.run_dir).records():
+                    self._previous[(record["case"], record["gate"])] = record
+        return self._previous
 
     def run(self) -> CertificationRun:
         if self._run is None:
@@ -74,17 +88,22 @@ class SessionState:
 
 
 STATE = pytest.StashKey[SessionState]()
+SIGTERM_HANDLER = pytest.StashKey[Any]()
 
 
-def _load(path: Path, decision: str | None) -> Plan:
+def _load(path: Path, decision: str | None, soak_s: float | None) -> Plan:
+    from dataclasses import replace
+
     try:
         plan = load_plan(path)
     except CertifyError as exc:
         raise pytest.UsageError(f"certification plan: {exc.diagnostics()}") from None
     if decision:
-        from dataclasses import replace
-
         plan = replace(plan, policy=plan.policy.with_overrides({"decision": decision}))
+    if soak_s is not None:
+        if soak_s <= 0:
+            raise pytest.UsageError(f"--certify-soak {soak_s:g}: give the soak duration in seconds (> 0)")
+        plan = replace(plan, stress=replace(plan.stress, duration_s=soak_s))
     return plan
 
 
@@ -103,6 +122,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "$CERTIFY_SIGNING_KEY (the PEM itself) or $CERTIFY_SIGNING_KEY_FILE; unsigned when none is set")
     group.addoption("--certify-dev-key", action="store_true",
                     help="sign with a throwaway key made for this run (demos; the certificate says so)")
+    group.addoption("--certify-resume", default=None, metavar="RUN_DIR",
+                    help="continue an interrupted run in RUN_DIR: cases with evidence there keep it, only the "
+                    "missing ones run (same plan and host required)")
+    group.addoption("--certify-soak", default=None, type=float, metavar="SECONDS",
+                    help="long stress runs: each stress case loads its candidate for SECONDS instead of the "
+                    "plan's [stress] duration_s")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,15 +136,72 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     run_id = (workerinput or {}).get("certify_run_id") or config.getoption("certify_run_id") or new_run_id()
     root = Path(config.getoption("certify_report_dir"))
+    root = root if root.is_absolute() else config.rootpath / root
+    resume = config.getoption("certify_resume")
+    if resume:
+        resume_dir = Path(resume).resolve()
+        run_id, root = resume_dir.name, resume_dir.parent
     explicit = config.getoption("certify_plan")
     plan_path = Path(explicit) if explicit else find_plan(config.rootpath)
-    state = SessionState(config, run_id, root if root.is_absolute() else config.rootpath / root, plan_path)
+    state = SessionState(config, run_id, root, plan_path, resuming=bool(resume))
     config.stash[STATE] = state
     if workerinput is None:
         state.signer = _signer(config)
         config.pluginmanager.register(CertifyReporter(state), "certify-reporter")
+        config.stash[SIGTERM_HANDLER] = _terminate_like_ctrl_c()
     if plan_path is not None:
         state.plan()  # a bad plan stops the session here, before collection
+    if resume and workerinput is None:
+        _check_resumable(state)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import signal
+
+    handler = config.stash.get(SIGTERM_HANDLER, None)
+    if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """SIGTERM (a CI job cancelled, a container stopped) ends the session the way Ctrl-C does: the evidence so
+    far is kept and the report is written, marked incomplete and unsigned. A handler someone else installed is
+    left alone."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    return interrupt
+
+
+def _check_resumable(state: SessionState) -> None:
+    """A resumed run must be the same plan on the same host: evidence from elsewhere cannot be mixed in."""
+    from certify.evidence import EVIDENCE_FILE
+
+    if not (state.run_dir / EVIDENCE_FILE).is_file():
+        raise pytest.UsageError(f"--certify-resume {state.run_dir}: no {EVIDENCE_FILE} there; give the folder of "
+                                "the interrupted run (reports/<run-id>)")
+    plan, host = state.plan(), detect_host()
+    for record in state.previous().values():
+        if record.get("plan_digest") != plan.digest:
+            raise pytest.UsageError(f"--certify-resume {state.run_dir}: case {record['case']} ({record['gate']}) "
+                                    f"was measured with plan digest {record.get('plan_digest')}, this plan is "
+                                    f"{plan.digest}; resume with the same plan, or start a new run")
+        if record.get("host_fingerprint") != host.fingerprint:
+            raise pytest.UsageError(f"--certify-resume {state.run_dir}: case {record['case']} was measured on host "
+                                    f"{record.get('host_fingerprint')}, this is {host.fingerprint}; evidence from "
+                                    "two hosts cannot make one certificate")
+    started = [float(r["started"]) for r in state.previous().values() if r.get("started")]
+    if started:
+        state.started = min(started)
 
 
 def _signer(config: pytest.Config) -> Signer | None:
@@ -179,7 +261,11 @@ def certify_gate(request: pytest.FixtureRequest) -> Callable[[Case], GateResult]
     state = request.config.stash[STATE]
 
     def check(case: Case) -> GateResult:
-        result, record = state.run().evaluate(case, request.node.nodeid)
+        record = state.previous().get((case.id, case.gate))
+        if record is None:
+            result, record = state.run().evaluate(case, request.node.nodeid)
+        else:  # --certify-resume: this case was measured before the interruption
+            result = GateResult.from_dict(record["result"])
         request.node.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict(), default=str)))
         from certify.report import allure
 

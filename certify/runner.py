@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,6 +23,7 @@ from certify.evidence import EvidenceStore
 from certify.gates import GateResult
 from certify.hardware import Host
 from certify.measure import accuracy, dataset, footprint, speed
+from certify.measure.worker import MEMORY_LIMIT_ENV
 from certify.metrics import METRICS
 from certify.plan import ModelPlan, ModelRef, Plan
 from certify.recipes import RecipeError, unavailable
@@ -44,6 +46,8 @@ class CertificationRun:
     def __init__(self, plan: Plan, run_dir: Path, host: Host, run_id: str) -> None:
         self.plan, self.host, self.run_id = plan, host, run_id
         self.store = EvidenceStore(run_dir)
+        if plan.measure.memory_limit_mib:  # inherited by every measurement worker this session starts
+            os.environ[MEMORY_LIMIT_ENV] = str(plan.measure.memory_limit_mib)
 
     def evaluate(self, case: Case, nodeid: str = "") -> tuple[GateResult, dict[str, Any]]:
         """The verdict and the evidence record appended for it. Never raises for a measurement problem: every
@@ -68,6 +72,7 @@ class CertificationRun:
                 finished = time.time()
         record = {
             "run_id": self.run_id, "nodeid": nodeid, **case.describe(), "result": result.to_dict(),
+            "plan_digest": self.plan.digest,
             "measurement": measurement, "host_fingerprint": self.host.fingerprint,
             "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started, "finished": finished,
             "serialized": case.gate in EXCLUSIVE_GATES, "lock_wait_s": lock_wait,

@@ -85,10 +85,13 @@ class WorkerClient:
     def _death(self, command: str) -> errors.WorkerCrashed:
         code = self._proc.wait(timeout=30)
         cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        hint = "the native runtime crashed: run the model alone to reproduce; the other candidates' results are kept"
+        if code == -signal.SIGKILL:
+            cause += " (killed from outside: most likely the kernel's out-of-memory killer, see `dmesg`)"
+            hint = ("the model needed more memory than the host had free: set measure.memory_limit_mib so a "
+                    "runaway model fails alone with MemoryError, or measure on a host with more memory")
         return errors.WorkerCrashed(f"worker for {self.label} died with {cause} during {command!r}"
-                                    f"{self._stderr_tail()}",
-                                    hint="the native runtime crashed: run the model alone to reproduce; "
-                                    "the other candidates' results are kept")
+                                    f"{self._stderr_tail()}", hint=hint)
 
     def _stderr_tail(self, lines: int = 6) -> str:
         self._stderr.seek(0)

@@ -151,12 +151,33 @@ class Worker:
             self.backend.close()
 
 
+MEMORY_LIMIT_ENV = "CERTIFY_WORKER_MEMORY_LIMIT_MIB"
+
+
+def limit_memory() -> int:
+    """Apply ``$CERTIFY_WORKER_MEMORY_LIMIT_MIB`` (the plan's ``measure.memory_limit_mib``) as this process's
+    RLIMIT_DATA, which bounds heap and private anonymous memory (not mapped files), so a runaway model fails its
+    case with MemoryError instead of drawing the host's out-of-memory killer. Returns the limit in MiB (0 none)."""
+    mib = int(os.environ.get(MEMORY_LIMIT_ENV, "0") or 0)
+    if mib > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (mib * 1024 * 1024, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+    return mib
+
+
 def _answer(worker: Worker, request: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
     command, args = request
     try:
         return ("ok", getattr(worker, "cmd_" + command)(**args))
     except CertifyError as exc:
         return ("error", type(exc).__name__, exc.message, exc.hint)
+    except MemoryError:
+        limit = os.environ.get(MEMORY_LIMIT_ENV, "0")
+        where = f"the worker's limit of {limit} MiB (measure.memory_limit_mib)" if limit != "0" else "memory"
+        return ("error", "ModelError", f"{command} ran out of memory: it exceeded {where}",
+                "raise measure.memory_limit_mib if the model legitimately needs more, else fix the leak or "
+                "use a smaller batch")
     except Exception as exc:  # report the cause in one line, the session goes on
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return ("error", "ModelError", f"{command} failed: {type(exc).__name__}: {first}", "")
@@ -166,6 +187,7 @@ def main() -> None:
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     requests = sys.stdin.buffer
+    limit_memory()
     worker = Worker()
     while (request := read_message(requests)) is not None:
         write_message(channel, _answer(worker, request))

@@ -374,3 +374,9 @@ def test_rare_preemption_spikes_inflate_cv_but_not_robust_cv() -> None:
     times[::50] = 5e6  # 2%: now the tail bound judges them
     result = gates.stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=times), DEFAULT, HINT)
     assert result.verdict == FAIL and "p99/p50" in result.reason
+
+
+def test_a_result_read_back_from_the_evidence_is_the_same_result() -> None:
+    result = gates.speed_gate(_speed(3.0, (2.8, 3.2)), DEFAULT, HINT)
+    assert gates.GateResult.from_dict(result.to_dict()) == result
+    assert gates.GateResult.from_dict(gates.not_evaluated("memory", "no device").to_dict()).interval is None

@@ -148,3 +148,24 @@ def test_text_datasets_are_for_language_model_metrics(project: Path) -> None:
     err = error_of(project, PLAN.replace('metric = "top1_accuracy"', 'metric = "perplexity"')
                    + candidate("int8", "int8.onnx"))
     assert "does not fit an array dataset" in err.message
+
+
+def test_production_readiness_keys_load_and_bad_values_are_named(project: Path) -> None:
+    digest = "ab" * 32
+    text = PLAN.replace("[[models]]", "[stress]\nduration_s = 2.5\nclients = 3\nrate = 40.0\n\n[[models]]") + candidate(
+        "int8", "int8.onnx", extra=f'sha256 = "sha256:{digest.upper()}"\nfallback = "baseline"\n'
+        'device_fallback = false\nallowed_op_domains = ["com.example"]')
+    plan = load_plan(write(project, text))
+    cand = plan.models[0].candidates[0]
+    assert (plan.stress.duration_s, plan.stress.clients, plan.stress.rate) == (2.5, 3, 40.0)
+    assert cand.sha256 == digest and cand.fallback == "baseline" and cand.device_fallback is False
+    assert cand.allowed_op_domains == ("com.example",)
+    assert load_plan(write(project, PLAN + candidate("int8", "int8.onnx"))).stress.rate == 0.0  # closed loop only
+    err = error_of(project, PLAN + candidate("int8", "int8.onnx", extra='sha256 = "abc"'))
+    assert err.key == "models[0].candidates[0].sha256" and "64 hex digits" in err.message
+    err = error_of(project, PLAN + candidate("int8", "int8.onnx", extra='fallback = "int9"') + candidate(
+        "int9x", "int8.onnx"))
+    assert err.key == "models[0].candidates[0].fallback" and "did you mean 'int9x'" in err.diagnostics()
+    err = error_of(project, PLAN.replace("[[models]]", "[stress]\nclients = 0\n\n[[models]]") + candidate(
+        "int8", "int8.onnx"))
+    assert err.key == "stress.clients" and "must be positive" in err.message
