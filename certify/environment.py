@@ -10,8 +10,8 @@ from importlib import metadata
 from certify import DISTRIBUTION, __version__
 
 KEY_PACKAGES = ("numpy", "pytest", "pytest-xdist", "pytest-benchmark", "onnxruntime", "onnxruntime-gpu",
-                "onnxruntime-openvino", "onnx", "openvino", "nncf", "olive-ai", "llama-cpp-python", "mlx", "torch",
-                "psutil")
+                "onnxruntime-openvino", "onnx", "openvino", "nncf", "olive-ai", "llama-cpp-python", "mlx", "mlx-lm",
+                "torch", "psutil")
 
 
 def _normal(name: str) -> str:

@@ -41,6 +41,9 @@ class Backend(Protocol):
     def import_runtime(cls) -> None:
         """Import the framework; raise BackendUnavailable (with an install hint) when it cannot."""
 
+    # Optional: ``prepare(cls, ref)``, a classmethod the worker calls before it notes its memory footprint, for
+    # imports only some models need (MLX imports mlx-lm only for mlx-lm folders).
+
     @classmethod
     def available_devices(cls, ref: ModelRef) -> tuple[bool, str]:
         """Can ``ref``'s device run here? (ok, what was detected) -- decides skips before any worker starts."""

@@ -1,6 +1,7 @@
-"""MLX backend (``mlx``): an ``mlx.nn`` model kept as a folder, run as an array model or a ``LanguageModel``.
+"""MLX backend (``mlx``): an ``mlx.nn`` model folder or an ``mlx-lm`` model folder, run as an array model or a
+``LanguageModel``. The plan's ``path`` is the folder (a path to its ``model.json`` or ``config.json`` works too).
 
-The folder (the plan's ``path``; a path to its ``model.json`` works too) holds:
+**mlx.nn folder** (it has ``model.json``):
 
 - ``model.json``: ``{"factory": "package.module:function", "kwargs": {...}}``. The factory builds the
   ``mlx.nn.Module`` (importing it runs that package's code: pin the folder's digest in the plan). Optional keys:
@@ -12,21 +13,42 @@ The folder (the plan's ``path``; a path to its ``model.json`` works too) holds:
 - ``weights.safetensors`` (or ``weights.npz``), as ``nn.Module.save_weights`` writes it; loaded strictly (a
   missing, extra or mis-shaped parameter is a ModelError).
 
-A language model's module maps int tokens ``[B, n]`` to logits ``[B, n, vocab]``. It has no KV cache here, so
-``decode_step`` re-runs the growing window (at most ``options.n_ctx`` tokens, default the model's ``context``)
-and keeps its last position's logits: generation speed is therefore O(n) per token, a conservative figure for
-an MLX deployment that caches keys and values (``mlx-lm``). Correctness comes first: the last logits equal those
-``infer`` gives for the same window.
+Its language model maps int tokens ``[B, n]`` to logits ``[B, n, vocab]`` and has no KV cache: ``decode_step``
+re-runs the growing window (at most ``options.n_ctx`` tokens, default the model's ``context``), so generation is
+O(n) per token, a conservative figure for a deployment that caches keys and values.
+
+**mlx-lm folder** (``config.json`` and no ``model.json``), as ``mlx_lm.convert`` writes it: ``config.json`` with
+``model_type`` (an architecture of ``mlx_lm.models``, e.g. ``llama``), ``model*.safetensors`` and optionally the
+tokenizer (``tokenizer.json`` / ``tokenizer.model`` + ``tokenizer_config.json``). It is loaded by mlx-lm's own
+``mlx_lm.utils.load_model`` (a ``"quantization": {"group_size", "bits"}`` in the config is re-applied by it; a
+config that asks for custom model code, ``model_file``, is refused). It is always a language model, run as an
+mlx-lm deployment runs it: ``prefill`` and ``decode_step`` go through mlx-lm's KV cache
+(``mlx_lm.models.cache.make_prompt_cache``), so a generation step costs O(1) in the context length, while
+``infer`` evaluates full sequences without a cache. ``options.n_ctx`` (default the config's
+``max_position_embeddings``) bounds the context: a longer prompt is a ModelError and a full decode context
+restarts. The tokenizer is loaded (``mlx_lm.utils.load_tokenizer``, from the folder only) the first time text is
+tokenized, so it never counts in the model's memory; a folder without one cannot tokenize text (a ModelError
+naming the files to add), but runs token datasets. ``mlx_lm`` is imported with the runtime, before the model's
+memory is measured: it imports ``transformers`` (and with it ``torch`` where torch is installed).
+
+**Language models** (both kinds) implement ``prefill(prompt)``: the prompt from an empty context, only its last
+position's next-token logits kept (``last_logits()``), the greedy next token returned (time to first token); the
+``decode_step`` context then continues after the prompt. Correctness comes first: the logits of ``decode_step``
+and ``prefill`` equal those ``infer`` gives at the same positions.
 
 Devices: ``cpu`` always (on Linux this is the MLX CPU backend of ``mlx[cpu]``); ``gpu`` only where Metal is
 available (Apple silicon). Speed measured off Apple silicon is the MLX CPU backend's and not representative of
-an ``apple`` target: ``info()["representative_for"]`` says which device class the numbers stand for.
+an ``apple`` target: ``info()["representative_for"]`` says which device class the numbers stand for. MLX has no
+setting for its CPU threads, so the plan's ``threads`` is recorded as requested but not applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +63,13 @@ from certify.plan import ModelRef
 SPEC_FILE = "model.json"
 WEIGHT_FILES = ("weights.safetensors", "weights.npz")
 LANGUAGE_MODEL = "language_model"
+MLX_LM = "mlx_lm"  # the kind of an mlx-lm folder
+CONFIG_FILE = "config.json"  # an mlx-lm folder's
+MLX_LM_WEIGHTS = "model*.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+PREFILL_STEP = 2048  # prompt tokens per forward pass while filling the KV cache (mlx-lm's default)
 DEFAULT_CONTEXT = 128
+THREADS = "not configurable in MLX"
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 INSTALL_HINT = "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)"
@@ -57,6 +85,11 @@ def _nn() -> Any:
     import mlx.nn
 
     return mlx.nn
+
+
+def mlx_lm_module(module: str) -> Any:
+    """``mlx_lm.<module>`` (e.g. ``utils``, ``models.cache``), imported on first use."""
+    return importlib.import_module(f"mlx_lm.{module}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +117,13 @@ class MlxModelSpec:
 
 
 def model_folder(path: Path) -> Path:
-    return path.parent if path.name == SPEC_FILE else path
+    return path.parent if path.name in (SPEC_FILE, CONFIG_FILE) else path
+
+
+def is_mlx_lm_folder(path: Path) -> bool:
+    """An mlx-lm model folder: ``config.json`` and no ``model.json``."""
+    folder = model_folder(path)
+    return not (folder / SPEC_FILE).is_file() and (folder / CONFIG_FILE).is_file()
 
 
 def read_spec(path: Path) -> MlxModelSpec:
@@ -95,7 +134,8 @@ def read_spec(path: Path) -> MlxModelSpec:
         raw = json.loads(file.read_text())
     except FileNotFoundError:
         raise ModelError(f"mlx: {file} does not exist", hint="an MLX model is a folder with model.json and "
-                         "weights.safetensors; check the plan's path") from None
+                         "weights.safetensors (mlx.nn) or with config.json and model.safetensors (mlx-lm); check "
+                         "the plan's path") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"mlx: {file} is not valid JSON: {exc}") from None
     factory = raw.get("factory") if isinstance(raw, dict) else None
@@ -161,6 +201,11 @@ def parameter_arrays(module: Any) -> list[Any]:
     return [leaf[1] for leaf in tree_flatten(module.parameters())]
 
 
+def quantized_layer_count(module: Any) -> int:
+    nn = _nn()
+    return sum(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in module.named_modules())
+
+
 def parameter_count(module: Any) -> int:
     return sum(int(v.size) for v in parameter_arrays(module))
 
@@ -177,8 +222,7 @@ def load_module(spec: MlxModelSpec) -> tuple[Any, int]:
     try:
         module.load_weights(str(weights), strict=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"mlx: the weights {weights} do not fit the model {spec.factory}: {first}",
+        raise ModelError(f"mlx: the weights {weights} do not fit the model {spec.factory}: {first_line(exc)}",
                          hint="the weights were saved from another architecture, other kwargs or another "
                               "quantization; rebuild them, or fix model.json") from None
     module.eval()
@@ -186,13 +230,86 @@ def load_module(spec: MlxModelSpec) -> tuple[Any, int]:
     return module, count
 
 
+# --------------------------------------------------------------------------- mlx-lm folders
+
+
+def mlx_lm_model_type(folder: Path) -> str:
+    """The ``model_type`` of an mlx-lm folder's ``config.json``, checked before mlx-lm sees the file."""
+    file = folder / CONFIG_FILE
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"mlx: {file} is not valid JSON: {exc}") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if not isinstance(model_type, str) or not re.fullmatch(r"[A-Za-z0-9_]+", model_type):
+        raise ModelError(f"mlx: {file}: 'model_type' must name an mlx-lm architecture (e.g. 'llama'), "
+                         f"got {model_type!r}", hint="an mlx-lm folder's config.json is the one mlx_lm.convert "
+                         "writes; an mlx.nn folder needs model.json instead")
+    return model_type
+
+
+def load_mlx_lm(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """Load an mlx-lm folder with ``mlx_lm.utils.load_model`` (model, config); every failure is a ModelError
+    naming the folder's ``config.json``."""
+    file = folder / CONFIG_FILE
+    model_type = mlx_lm_model_type(folder)
+    try:
+        utils = mlx_lm_module("utils")
+    except ImportError as exc:
+        raise ModelError(f"mlx: {folder} is an mlx-lm folder but mlx-lm is not importable: {exc}",
+                         hint="pip install 'edge-certify[mlx]' (it includes mlx-lm)") from None
+    if not list(folder.glob(MLX_LM_WEIGHTS)):
+        raise ModelError(f"mlx: no weights in {folder} (looked for {MLX_LM_WEIGHTS})",
+                         hint="an mlx-lm folder holds config.json and model.safetensors, as mlx_lm.convert writes")
+    try:
+        model, config = utils.load_model(folder, strict=True, trust_remote_code=False)
+    except Exception as exc:
+        if isinstance(exc, ValueError) and "not supported" in str(exc):
+            raise ModelError(f"mlx: {file}: model_type {model_type!r} is not an architecture of mlx-lm "
+                             f"{_mlx_lm_version()}", hint="fix 'model_type', or upgrade mlx-lm") from None
+        raise ModelError(f"mlx: {file} (model_type {model_type!r}) does not load with mlx-lm {_mlx_lm_version()}: "
+                         f"{type(exc).__name__}: {first_line(exc)}", hint="config.json must describe the architecture "
+                         "the model*.safetensors weights were saved from; rebuild the folder with mlx_lm.convert"
+                         ) from None
+    return model, config
+
+
+def _mlx_lm_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlx-lm")
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def mlx_lm_vocab(folder: Path, model: Any, config: Mapping[str, Any]) -> int:
+    vocab = config.get("vocab_size") or getattr(getattr(model, "args", None), "vocab_size", None)
+    if not isinstance(vocab, int) or vocab <= 0:
+        raise ModelError(f"mlx: {folder / CONFIG_FILE} gives no 'vocab_size' (a positive integer), got {vocab!r}")
+    return vocab
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def quantization_of(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An mlx-lm config's default quantization (its per-layer entries left out), or None."""
+    quant = config.get("quantization")
+    if not isinstance(quant, dict):
+        return None
+    return {k: v for k, v in quant.items() if not isinstance(v, (dict, bool))} or None
+
+
 class MlxBackend:
-    """Runs an ``mlx.nn`` model folder with MLX (see the module docstring for the folder and plan keys)."""
+    """Runs an ``mlx.nn`` or ``mlx-lm`` model folder with MLX (see the module docstring for the folders and keys)."""
 
     name: ClassVar[str] = "mlx"
     # Results that stand for an Apple-silicon target even when measured on MLX's Linux CPU backend; speed does not.
     portable_gates: ClassVar[tuple[str, ...]] = ("accuracy", "memory")
-    distributions: ClassVar[tuple[str, ...]] = ("mlx", "mlx-cpu", "mlx-metal")
+    distributions: ClassVar[tuple[str, ...]] = ("mlx", "mlx-cpu", "mlx-metal", "mlx-lm")
     install_hint: ClassVar[str] = INSTALL_HINT
     hints: ClassVar[Mapping[str, str]] = {
         "accuracy": "quantize with more bits (8 or 6) or a smaller group_size (32), and keep sensitive layers "
@@ -206,12 +323,18 @@ class MlxBackend:
 
     def __init__(self, ref: ModelRef) -> None:
         self.ref = ref
-        self.spec: MlxModelSpec | None = None
+        self.spec: MlxModelSpec | None = None  # an mlx.nn folder's
+        self.config: dict[str, Any] | None = None  # an mlx-lm folder's
+        self.folder = Path()
         self._module: Any = None
         self._float_params = 0
-        self._window: list[int] = []
-        self._last: np.ndarray | None = None
+        self._vocab = 0
         self._n_ctx = 0
+        self._window: list[int] = []  # mlx.nn: the running decode context
+        self._cache: list[Any] | None = None  # mlx-lm: the running KV cache
+        self._position = 0  # mlx-lm: tokens in the KV cache
+        self._last: np.ndarray | None = None
+        self._tokenizer: Any = None
 
     @classmethod
     def import_runtime(cls) -> None:
@@ -220,6 +343,15 @@ class MlxBackend:
             import mlx.nn  # noqa: F401
         except Exception as exc:
             raise BackendUnavailable(f"mlx is not importable: {exc}", hint=cls.install_hint) from None
+
+    @classmethod
+    def prepare(cls, ref: ModelRef) -> None:
+        """Import what this model needs beyond MLX, before the worker notes its footprint (the framework is not the
+        model's memory): mlx-lm (and with it transformers, ~240 MB) for an mlx-lm folder only. If that import
+        fails, ``load`` reports it."""
+        if ref.path is not None and is_mlx_lm_folder(ref.path) and importlib.util.find_spec("mlx_lm") is not None:
+            with contextlib.suppress(Exception):
+                import mlx_lm.utils  # noqa: F401
 
     @classmethod
     def available_devices(cls, ref: ModelRef) -> tuple[bool, str]:
@@ -240,30 +372,43 @@ class MlxBackend:
         if not ok:
             raise ModelError(f"mlx cannot run on {self.ref.device!r}: {detail}")
         mx.set_default_device(mx.gpu if self.ref.device_class == "gpu" else mx.cpu)
-        self.spec = read_spec(self.ref.file)
-        self._module, self._float_params = load_module(self.spec)
-        n_ctx = self.ref.option("n_ctx", self.spec.context)
+        self.folder = model_folder(self.ref.file)
+        if is_mlx_lm_folder(self.folder):
+            self._module, self.config = load_mlx_lm(self.folder)
+            self._float_params = int(mlx_lm_module("utils").get_total_parameters(self._module))
+            self._vocab = mlx_lm_vocab(self.folder, self._module, self.config)
+            context = self.config.get("max_position_embeddings") or DEFAULT_CONTEXT
+        else:
+            self.spec = read_spec(self.ref.file)
+            self._module, self._float_params = load_module(self.spec)
+            self._vocab, context = self.spec.vocab, self.spec.context
+        n_ctx = self.ref.option("n_ctx", context)
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx <= 0:
             raise ModelError(f"options.n_ctx = {n_ctx!r} must be a positive integer")
         self._n_ctx = n_ctx
 
     @property
+    def kind(self) -> str:
+        return MLX_LM if self.config is not None else self.spec.kind if self.spec is not None else ""
+
+    @property
     def is_language_model(self) -> bool:
-        return self.spec is not None and self.spec.kind == LANGUAGE_MODEL
+        return self.kind in (LANGUAGE_MODEL, MLX_LM)
 
     def input_specs(self) -> list[TensorSpec]:
-        assert self.spec is not None
         if self.is_language_model:
             return [TensorSpec("tokens", ("batch", "sequence"), "int32")]
+        assert self.spec is not None
         return list(self.spec.inputs) or [TensorSpec("x", ("batch", None), "float32")]
 
     # ----------------------------------------------------------------------- evaluation
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Array model: the module's outputs as float32/int numpy arrays. Language model: ``[logits]``, float32
-        ``[batch, n, vocab]``, each row from an empty context (this also restarts the ``decode_step`` context)."""
+        ``[batch, n, vocab]``, each row from an empty context, without a KV cache (this also restarts the
+        ``decode_step`` context)."""
         if self.is_language_model:
-            self._window, self._last = [], None
+            self._restart()
             return [self._logits(self._checked(feeds["tokens"]))]
         names = [s.name for s in self.input_specs()]
         args = [_mx().array(feeds[name]) for name in names]
@@ -282,45 +427,104 @@ class MlxBackend:
         mx.eval(logits)
         return _to_numpy(logits)
 
+    def prefill(self, tokens: np.ndarray) -> int:
+        """Process a 1-D prompt from an empty context and return its greedy next token (time to first token);
+        only the last position's logits are kept (``last_logits()``) and ``decode_step`` continues after it."""
+        prompt = np.asarray(tokens)
+        if prompt.ndim != 1:
+            raise ModelError(f"prefill takes a 1-D prompt, got shape {tuple(prompt.shape)}")
+        checked = self._checked(prompt.astype(np.int32)[None])
+        self._restart()
+        if self.config is not None:
+            self._cache = self._new_cache()
+            last = self._cached_logits(checked)
+        else:
+            last = self._module(_mx().array(checked))[0, -1]
+            self._window = [int(t) for t in checked[0]]
+        _mx().eval(last)
+        self._last = _to_numpy(last)
+        return int(np.argmax(self._last))
+
     def decode_step(self, token: int) -> None:
-        """Append one token and compute its next-token logits (``last_logits()``) by re-running the window (no
-        KV cache); a full window (``n_ctx`` tokens) restarts from this token."""
-        assert self.spec is not None
-        if not 0 <= token < self.spec.vocab:
-            raise ModelError(f"token id {token} is outside the vocabulary (0..{self.spec.vocab - 1})")
+        """Append one token and compute its next-token logits (``last_logits()``): through the KV cache (mlx-lm)
+        or by re-running the window (mlx.nn); a full context (``n_ctx`` tokens) restarts from this token."""
+        if not 0 <= token < self._vocab:
+            raise ModelError(f"token id {token} is outside the vocabulary (0..{self._vocab - 1})")
+        if self.config is not None:
+            if self._cache is None or self._position >= self._n_ctx:
+                self._cache, self._position = self._new_cache(), 0
+            last = self._cached_logits(np.array([[token]], dtype=np.int32))
+            _mx().eval(last)
+            self._last = _to_numpy(last)
+            return
         if len(self._window) >= self._n_ctx:
             self._window = []
         self._window.append(int(token))
         self._last = self._logits(np.array([self._window], dtype=np.int32))[0, -1]
 
+    def _new_cache(self) -> list[Any]:
+        return list(mlx_lm_module("models.cache").make_prompt_cache(self._module))
+
+    def _cached_logits(self, tokens: np.ndarray) -> Any:
+        """Run ``tokens`` [1, n] through the KV cache, as mlx-lm's generate does: all but the last in steps whose
+        logits are never evaluated (only the cache is), then the last; its next-token logits (lazy)."""
+        mx = _mx()
+        head = tokens[:, :-1]
+        for start in range(0, head.shape[1], PREFILL_STEP):
+            self._module(mx.array(head[:, start:start + PREFILL_STEP]), cache=self._cache)
+            mx.eval([c.state for c in self._cache or []])
+        self._position += tokens.shape[1]
+        return self._module(mx.array(tokens[:, -1:]), cache=self._cache)[0, -1]
+
+    def _restart(self) -> None:
+        self._window, self._cache, self._position, self._last = [], None, 0, None
+
     def last_logits(self) -> np.ndarray:
         """The next-token logits [vocab] of the last decoded position (a copy)."""
         if self._last is None:
-            raise ModelError("no decode_step has run since the context (re)started")
+            raise ModelError("no decode_step or prefill has run since the context (re)started")
         return np.array(self._last, dtype=np.float32)
 
     def tokenize(self, text: str) -> list[int]:
-        """Byte-level: one token per UTF-8 byte (no BOS)."""
-        assert self.spec is not None
+        """mlx.nn: byte-level, one token per UTF-8 byte. mlx-lm: the folder's tokenizer. No BOS either way."""
+        if self.config is not None:
+            return [int(t) for t in self._lm_tokenizer().encode(text, add_special_tokens=False)]
         tokens = list(text.encode("utf-8"))
-        if tokens and max(tokens) >= self.spec.vocab:
-            raise ModelError(f"byte {max(tokens)} of the text is outside the vocabulary (0..{self.spec.vocab - 1})",
+        if tokens and max(tokens) >= self._vocab:
+            raise ModelError(f"byte {max(tokens)} of the text is outside the vocabulary (0..{self._vocab - 1})",
                              hint="a byte-level tokenizer needs vocab >= 256 for arbitrary text")
         return tokens
 
     def detokenize(self, tokens: list[int]) -> str:
+        if self.config is not None:
+            return str(self._lm_tokenizer().decode([int(t) for t in tokens]))
         return bytes(int(t) for t in tokens).decode("utf-8", "replace")
 
+    def _lm_tokenizer(self) -> Any:
+        """The mlx-lm folder's tokenizer, loaded from the folder on first use (never from the hub)."""
+        if self._tokenizer is None:
+            if not any((self.folder / name).is_file() for name in TOKENIZER_FILES):
+                raise ModelError(f"mlx: the mlx-lm folder {self.folder} has no tokenizer, so it cannot tokenize "
+                                 f"text (looked for {', '.join(TOKENIZER_FILES)})",
+                                 hint="copy the tokenizer files (tokenizer.json and tokenizer_config.json) of the "
+                                      "model it was converted from into the folder, or use a token dataset")
+            try:
+                self._tokenizer = mlx_lm_module("utils").load_tokenizer(self.folder)
+            except Exception as exc:
+                raise ModelError(f"mlx: the tokenizer in {self.folder} does not load: {first_line(exc)}",
+                                 hint="check tokenizer.json / tokenizer_config.json (transformers loads them)"
+                                 ) from None
+        return self._tokenizer
+
     def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        assert self.spec is not None
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self._n_ctx:
             raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = {self._n_ctx}",
                              hint="use shorter prompts (dataset.context) or a model with a longer context")
         low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self.spec.vocab:
-            raise ModelError(f"token ids must lie in 0..{self.spec.vocab - 1} (the vocabulary), got {low}..{high}",
+        if low < 0 or high >= self._vocab:
+            raise ModelError(f"token ids must lie in 0..{self._vocab - 1} (the vocabulary), got {low}..{high}",
                              hint="tokenize the text with this model's tokenizer")
         return tokens
 
@@ -330,8 +534,7 @@ class MlxBackend:
         return str(_mx().default_device().type.name)
 
     def info(self) -> dict[str, Any]:
-        mx, spec = _mx(), self.spec
-        assert spec is not None
+        mx = _mx()
         leaves = parameter_arrays(self._module)
         device = self.executed_device()
         return {
@@ -339,19 +542,41 @@ class MlxBackend:
             "metal_available": bool(mx.metal.is_available()),
             "representative_for": ["apple"] if device == "gpu" else ["cpu"],
             "note": "" if device == "gpu" else "MLX CPU backend: speed is not Apple silicon speed",
-            "kind": spec.kind, "factory": spec.factory, "kwargs": spec.kwargs, "weights": spec.weights.name,
+            "threads": THREADS, "threads_requested": self.ref.threads or None,
+            "kind": self.kind,
             "weight_dtypes": sorted({str(v.dtype).removeprefix("mlx.core.") for v in leaves}),
             "parameter_count": self._float_params,
             "stored_bytes": sum(int(v.nbytes) for v in leaves),
+            **(self._mlx_lm_info() if self.config is not None else self._spec_info()),
+            **({"vocab": self._vocab, "n_ctx": self._n_ctx,
+                "kv_cache": self.config is not None} if self.is_language_model else {}),
+        }
+
+    def _spec_info(self) -> dict[str, Any]:
+        spec = self.spec
+        assert spec is not None
+        return {
+            "factory": spec.factory, "kwargs": spec.kwargs, "weights": spec.weights.name,
             "quantization": {k: v for k, v in spec.quantization.items() if k != "layers"} or None,
             "quantized_layers": len(spec.quantization.get("layers", [])),
-            **({"vocab": spec.vocab, "tokenizer": spec.tokenizer, "n_ctx": self._n_ctx,
-                "kv_cache": False} if self.is_language_model else {}),
+            **({"tokenizer": spec.tokenizer} if self.is_language_model else {}),
+        }
+
+    def _mlx_lm_info(self) -> dict[str, Any]:
+        config = self.config
+        assert config is not None
+        found = [name for name in TOKENIZER_FILES if (self.folder / name).is_file()]
+        return {
+            "mlx_lm_version": _mlx_lm_version(), "model_type": config.get("model_type"),
+            "weights": sorted(f.name for f in self.folder.glob(MLX_LM_WEIGHTS)),
+            "quantization": quantization_of(config), "quantized_layers": quantized_layer_count(self._module),
+            "n_params": self._float_params, "tokenizer": found[0] if found else None,
         }
 
     def close(self) -> None:
         self._module = None
-        self._window, self._last = [], None
+        self._restart()
+        self._tokenizer = None
 
 
 def _to_numpy(array: Any) -> np.ndarray:

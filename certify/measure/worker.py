@@ -51,6 +51,9 @@ class Worker:
 
         t0 = time.perf_counter()
         cls = resolve_backend(ref.framework)
+        prepare = getattr(cls, "prepare", None)  # optional: imports only some models need (mlx-lm folders)
+        if prepare is not None:
+            prepare(ref)
         import_s = time.perf_counter() - t0
         gc.collect()
         self.peak_reset = memory.reset_peak()

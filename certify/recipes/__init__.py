@@ -102,7 +102,7 @@ RECIPES: dict[tuple[str, str], RecipeKind] = {
         "llama_cpp", LLAMACPP, distributions=("llama-cpp-python", "gguf")),
     ("mlx", "quantize"): RecipeKind(
         "certify.recipes.mlx:quantize", "quantization", {"bits": int, "group_size": int},
-        "mlx.core", "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux)", distributions=("mlx",)),
+        "mlx.core", "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux)", distributions=("mlx", "mlx-lm")),
     ("olive", "pass"): RecipeKind(
         "certify.recipes.olive:run_pass", "quantization",
         {"pass": str, "config": dict, "samples": int, "provider": str},

@@ -58,6 +58,7 @@ def test_info_records_version_device_dtype_and_parameters(mlp: tuple[Path, Any])
     assert info["weight_dtypes"] == ["float32"] and info["quantization"] is None
     assert info["parameter_count"] == 64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
     assert info["stored_bytes"] == 4 * info["parameter_count"] and folder.is_dir()
+    assert info["threads"] == "not configurable in MLX" and "vocab" not in info and "kv_cache" not in info
 
 
 def test_model_json_path_and_npz_weights_load(tmp_path: Path) -> None:
@@ -85,6 +86,20 @@ def test_language_model_infer_decode_and_tokenize(lm: tuple[Path, Any]) -> None:
         np.testing.assert_allclose(backend.last_logits(), logits[1, i], rtol=1e-4, atol=1e-4)
     info = backend.info()
     assert info["kind"] == "language_model" and info["vocab"] == 256 and info["kv_cache"] is False
+    assert info["tokenizer"] == "bytes" and info["n_ctx"] == 128
+
+
+def test_prefill_returns_the_greedy_token_and_decode_continues(lm: tuple[Path, Any]) -> None:
+    backend = loaded(lm[0])
+    tokens = np.array([list(b"prefill, then decode")], np.int32)
+    logits = backend.infer({"tokens": tokens})[0][0]
+    for prompt_length in (1, 8):
+        first = backend.prefill(tokens[0, :prompt_length])
+        assert first == int(np.argmax(logits[prompt_length - 1]))
+        np.testing.assert_allclose(backend.last_logits(), logits[prompt_length - 1], rtol=1e-4, atol=1e-4)
+        for i in range(prompt_length, prompt_length + 4):  # the context continues after the prompt
+            backend.decode_step(int(tokens[0, i]))
+            np.testing.assert_allclose(backend.last_logits(), logits[i], rtol=1e-4, atol=1e-4)
 
 
 def test_decode_context_restarts_when_full(lm: tuple[Path, Any]) -> None:
@@ -107,8 +122,13 @@ def test_bad_prompts_are_model_errors(lm: tuple[Path, Any], tokens: np.ndarray, 
     backend = loaded(lm[0], n_ctx=4)
     with pytest.raises(ModelError, match=message):
         backend.infer({"tokens": tokens})
+    with pytest.raises(ModelError, match=message):
+        backend.prefill(tokens[0])
     with pytest.raises(ModelError, match="outside the vocabulary"):
         backend.decode_step(256)
+    with pytest.raises(ModelError, match="1-D prompt"):
+        backend.prefill(tokens)
+    assert 0 <= backend.prefill(np.zeros(4, np.int32)) < 256  # still serving
 
 
 def test_missing_factory_is_a_clear_model_error(tmp_path: Path, mlp: tuple[Path, Any]) -> None:
@@ -173,4 +193,5 @@ def test_through_the_worker(mlp: tuple[Path, Any], lm: tuple[Path, Any]) -> None
         assert tokens == list(b"tiny")
         worker.call("feeds", key="t", arrays={"": np.array([tokens], np.int32)})
         assert worker.call("run", key="t", iterations=6, mode="decode").shape == (6,)
+        assert worker.call("run", key="t", iterations=3, mode="prompt").shape == (3,)
         assert worker.call("predict", key="t", batch_size=1).shape == (1, 4, 256)

@@ -97,7 +97,9 @@ def test_weaker_points_compare_every_threshold_in_its_direction() -> None:
     assert weaker_points(STRICT.thresholds(), DEFAULT) == []
     assert weaker_points(DEFAULT.thresholds(), DEFAULT) == []
     found = weaker_points(DEFAULT.thresholds(), STRICT)
-    assert {f.split()[0] for f in found} == {"min_accuracy_retention", "max_p99_over_p50", "max_cv", "max_drift"}
+    assert {f.split()[0] for f in found} == {"min_accuracy_retention", "max_p99_over_p50", "max_cv", "max_drift",
+                                             "max_load_p99_ratio", "max_throughput_decay",
+                                             "max_memory_growth_mib_per_min", "max_recovery_s"}
     point = DEFAULT.with_overrides({"decision": "point"})
     assert any(f.startswith("decision 'point'") for f in weaker_points(point.thresholds(), DEFAULT))
     assert weaker_points(DEFAULT.thresholds(), point) == []  # lower_bound is stricter than point

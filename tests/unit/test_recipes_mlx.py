@@ -148,3 +148,40 @@ recipe = {{ tool = "mlx", method = "quantize", bits = 8, group_size = 32 }}
     backend.load()
     assert backend.info()["quantization"]["bits"] == 8
     assert np.asarray(backend.infer({"x": x})[0]).shape == (16, 10)
+
+
+def test_an_mlx_lm_folder_builds_through_the_cache_from_a_plan(tmp_path: Path, recipe_cache: Path) -> None:
+    pytest.importorskip("mlx_lm")
+    from certify.plan import load_plan
+    from certify.recipes.build import made_by, materialize
+    from tests.helpers.mlx_lm_models import mlx_lm_folder
+
+    folder, _ = mlx_lm_folder(tmp_path / "llama")
+    (tmp_path / "eval.txt").write_text("The harness certifies edge models. " * 20)
+    (tmp_path / "certify.toml").write_text(f"""
+[[models]]
+name = "llama"
+[models.dataset]
+text = "eval.txt"
+context = 32
+chunks = 4
+[models.baseline]
+path = "{folder}"
+framework = "mlx"
+[[models.candidates]]
+name = "q4"
+framework = "mlx"
+recipe = {{ tool = "mlx", method = "quantize", bits = 4, group_size = 32 }}
+""")
+    model = load_plan(tmp_path / "certify.toml").models[0]
+    built = materialize(model, model.candidates[0], max_drop=0.05)
+    record = made_by(built)
+    assert record is not None and record["recipe"]["params"] == {"bits": 4, "group_size": 32}
+    assert built.path is not None and built.path.name == "mlx-q4-g32"
+    assert sorted(p.name for p in built.path.iterdir()) == [
+        "config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+    backend = resolve_backend("mlx")(built)
+    backend.load()
+    info = backend.info()
+    assert info["kind"] == "mlx_lm" and info["quantization"] == {"group_size": 32, "bits": 4, "mode": "affine"}
+    assert backend.tokenize("edge") == list(b"edge")
