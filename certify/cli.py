@@ -1,4 +1,4 @@
-"""``certify``: demo | run | doctor | keygen | verify | report | compare | merge.
+"""``certify``: demo | run | doctor | keygen | verify | report | compare | merge | digest.
 
 ``run`` and ``demo`` run the certification suites through pytest, so every pytest option (``-m intel``, ``-k``,
 ``-n 2``, ``--junitxml``, ``--alluredir``) passes through unchanged. ``verify`` is the release gate: exit 0 only
@@ -132,6 +132,26 @@ def cmd_report(ns: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_digest(ns: argparse.Namespace, extra: list[str]) -> int:
+    """``sha256:<hex>  PATH`` per model: the digest a plan pins (``sha256``) and a certificate names (a manifest of
+    the files for a multi-file model: an IR's .xml and .bin, an ONNX model with external data, a folder)."""
+    from certify.digests import model_digest
+
+    code = 0
+    for model in ns.models:
+        try:
+            digest = model_digest(Path(model))
+        except CertifyError as exc:
+            print(f"certify: error: {exc.diagnostics()}", file=sys.stderr)
+            code = 2
+            continue
+        print(f"sha256:{digest.sha256}  {model}")
+        if ns.files and len(digest.files) > 1:
+            for path, sha in digest.files:
+                print(f"  {sha}  {path}")
+    return code
+
+
 def _emit(result: Any, ns: argparse.Namespace) -> None:
     """Print a comparison or fleet as text (default), JSON, or Markdown; also write Markdown to a file if asked."""
     if ns.markdown:
@@ -173,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render a run's HTML report and Markdown summary from its evidence")
     report.add_argument("run_dir", metavar="RUN_DIR")
     _fleet_parsers(sub)
+    digest = sub.add_parser("digest", help="print a model's digest, as a plan pins it (sha256 = '<hex>')")
+    digest.add_argument("models", nargs="+", metavar="MODEL", help="model file (.onnx, .xml, .gguf) or folder")
+    digest.add_argument("--files", action="store_true", help="also list each file of a multi-file model")
     return parser
 
 
@@ -207,7 +230,7 @@ def _verify_parser(sub: Any) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "doctor": cmd_doctor, "keygen": cmd_keygen, "verify": cmd_verify,
-            "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge}
+            "report": cmd_report, "compare": cmd_compare, "merge": cmd_merge, "digest": cmd_digest}
 
 
 def main(argv: list[str] | None = None) -> int:

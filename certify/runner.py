@@ -29,6 +29,7 @@ from certify.plan import ModelPlan, ModelRef, Plan
 from certify.recipes import RecipeError, unavailable
 from certify.recipes.build import made_by, materialize
 
+STATIC_GATES = ("security",)  # they read the model's files and never run it: any host can judge them
 EXCLUSIVE_GATES = ("speed", "stability", "memory", "stress", "fallback")  # they time things or load the cores
 
 
@@ -112,14 +113,15 @@ class CertificationRun:
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def why_not_evaluated(self, case: Case) -> str:
         """'' when the case can run here, else what was detected and what to do."""
-        wanted = case.candidate.platforms
-        if wanted and not set(wanted) & set(self.host.platforms) and case.gate not in self._portable(case.candidate):
+        wanted, static = case.candidate.platforms, case.gate in STATIC_GATES
+        if wanted and not set(wanted) & set(self.host.platforms) and not static \
+                and case.gate not in self._portable(case.candidate):
             return (f"target platform {'/'.join(wanted)} not present on this host: {self.host.describe()}; "
                     f"run it on a host of that platform")
         for role, ref in (("candidate", case.candidate), ("baseline", case.model.baseline)):
-            problem = self._cannot_run(ref)
-            if problem:
-                return f"{role} {ref.name!r}: {problem}"
+            problem = "" if static else self._cannot_run(ref)
+            if problem and not (case.gate == "fallback" and role == "candidate" and problem.startswith("device ")):
+                return f"{role} {ref.name!r}: {problem}"  # a missing device is what the fallback gate certifies
         return f"candidate {case.candidate.name!r}: {unavailable(case.candidate.recipe)}" \
             if case.candidate.recipe and unavailable(case.candidate.recipe) else ""
 

@@ -31,6 +31,7 @@ class WorkerClient:
         self.role = role
         self.label = f"{role} {ref.name!r}"
         self.timeout_s = timeout_s
+        self._waiting_s = timeout_s  # the deadline of the call in progress (a call may pass its own)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self._proc = subprocess.Popen(
@@ -52,7 +53,8 @@ class WorkerClient:
             write_message(self._proc.stdin, (command, args))
         except (BrokenPipeError, OSError):
             raise self._death(command) from None
-        answer = self._read(command, time.monotonic() + (timeout_s or self.timeout_s))
+        self._waiting_s = timeout_s or self.timeout_s
+        answer = self._read(command, time.monotonic() + self._waiting_s)
         if answer[0] == "error":
             raise ERROR_TYPES.get(answer[1], errors.ModelError)(answer[2], hint=answer[3])
         return answer[1]
@@ -73,7 +75,7 @@ class WorkerClient:
             if not ready:
                 self.kill()
                 raise errors.WorkerCrashed(
-                    f"worker for {self.label} did not answer within {self.timeout_s:.0f} s during {command!r}; "
+                    f"worker for {self.label} did not answer within {self._waiting_s:.0f} s during {command!r}; "
                     "it was killed", hint="raise measure.timeout_s in the plan if the model is just slow")
             chunk = os.read(fd, min(size - got, 1 << 20))
             if not chunk:

@@ -11,14 +11,16 @@ from typing import Any
 
 from certify.attest import Signer, public_pem, read_unverified, sign_statement
 from certify.errors import CertifyError
-from certify.evidence import RESULTS_FILE, EvidenceStore, write_json_atomic
+from certify.evidence import EVIDENCE_FILE, RESULTS_FILE, EvidenceStore, write_json_atomic
 from certify.report.certificate import build_statement
+from certify.secrets import describe, private_key_secrets, redact, scan, secret_values
 
 CERTIFICATE_FILE, STATEMENT_FILE = "certificate.json", "statement.json"
 HTML_FILE, SUMMARY_FILE, DEV_PUBLIC_KEY = "report.html", "summary.md", "dev-key.pub"
 NO_KEY = ("no signing key configured: make one with `certify keygen --out KEY`, then pass "
           "--certify-sign-key KEY or set $CERTIFY_SIGNING_KEY")
 INCOMPLETE = "the run was interrupted or did not complete: an incomplete run is never signed"
+LEAKED = "secret found in outputs: "
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -49,32 +51,48 @@ def verify_command(run_dir: Path, statement: dict[str, Any], public_key: str, de
 
 def _public_key_shown(signer: Signer, run_dir: Path) -> str:
     if signer.dev_key:
-        path = run_dir / DEV_PUBLIC_KEY
-        path.write_bytes(public_pem(signer.key.public_key()))
-        return _shown(path)
+        return _shown(run_dir / DEV_PUBLIC_KEY)  # written with the certificate
     pub = Path(signer.source + ".pub")
     return _shown(pub) if pub.is_file() else "SIGNER.pub"
 
 
 def certify_run(run_dir: Path, signer: Signer | None) -> dict[str, Any]:
-    """Write the certificate (or the unsigned statement), the HTML report and the Markdown summary."""
+    """Write the certificate (or the unsigned statement), the HTML report and the Markdown summary. Every output
+    is scanned for secrets first (``certify.secrets``): when one holds a secret nothing is signed, the statement says
+    why, and the statement, report and summary are written with the secret redacted."""
     results, records = load_run(run_dir)
     complete = bool(results.get("complete"))
     sign_with = signer if complete else None
     statement = build_statement(results, records, dev_key=bool(sign_with and sign_with.dev_key))
-    for stale in (CERTIFICATE_FILE, STATEMENT_FILE):
+    for stale in (CERTIFICATE_FILE, STATEMENT_FILE, DEV_PUBLIC_KEY):
         (run_dir / stale).unlink(missing_ok=True)
+    signature = _signed(run_dir, statement, sign_with) if sign_with else \
+        _unsigned(INCOMPLETE if not complete else NO_KEY)
+    texts = rendered(results, records, statement, signature)
+    secrets = {**secret_values(), **(private_key_secrets(signer.key) if signer else {})}
+    leaks = scan([run_dir / RESULTS_FILE, run_dir / EVIDENCE_FILE,
+                  (CERTIFICATE_FILE if sign_with else STATEMENT_FILE, json.dumps(statement)), *texts.items()], secrets)
+    if leaks:
+        sign_with, reason = None, LEAKED + describe(leaks)
+        statement = build_statement(results, records)
+        statement["predicate"]["reason_unsigned"] = reason
+        statement = json.loads(redact(json.dumps(statement), secrets))
+        signature = _unsigned(reason)
+        texts = {name: redact(text, secrets) for name, text in rendered(results, records, statement, signature).items()}
     if sign_with is None:
         write_json_atomic(run_dir / STATEMENT_FILE, statement)
-        signature = _unsigned(INCOMPLETE if not complete else NO_KEY)
     else:
         write_json_atomic(run_dir / CERTIFICATE_FILE, sign_statement(statement, sign_with))
-        signature = {"signed": True, "keyid": sign_with.keyid, "dev_key": sign_with.dev_key,
-                     "certificate": CERTIFICATE_FILE, "reason_unsigned": None,
-                     "verify_command": verify_command(run_dir, statement, _public_key_shown(sign_with, run_dir),
-                                                      sign_with.dev_key)}
-    render(run_dir, results, records, statement, signature)
+        if sign_with.dev_key:
+            (run_dir / DEV_PUBLIC_KEY).write_bytes(public_pem(sign_with.key.public_key()))
+    write_texts(run_dir, texts)
     return signature
+
+
+def _signed(run_dir: Path, statement: dict[str, Any], signer: Signer) -> dict[str, Any]:
+    return {"signed": True, "keyid": signer.keyid, "dev_key": signer.dev_key, "certificate": CERTIFICATE_FILE,
+            "reason_unsigned": None,
+            "verify_command": verify_command(run_dir, statement, _public_key_shown(signer, run_dir), signer.dev_key)}
 
 
 def _unsigned(reason: str) -> dict[str, Any]:
@@ -95,31 +113,41 @@ def existing_signature(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     statement_path = run_dir / STATEMENT_FILE
     if statement_path.is_file():
         statement, _ = read_unverified(statement_path)
-        return statement, _unsigned(INCOMPLETE if not statement["predicate"]["run"]["complete"] else NO_KEY)
+        reason = statement["predicate"].get("reason_unsigned") or (
+            INCOMPLETE if not statement["predicate"]["run"]["complete"] else NO_KEY)
+        return statement, _unsigned(reason)
     raise CertifyError(f"{run_dir} has no {CERTIFICATE_FILE} or {STATEMENT_FILE}",
                        hint="it was made by an older version or never finished: re-run the certification")
 
 
 def rerender(run_dir: Path) -> dict[str, Any]:
-    """``certify report RUN_DIR``: re-render the report and summary from the evidence; the signature is kept."""
+    """``certify report RUN_DIR``: re-render the report and summary from the evidence; the signature is kept (the
+    environment's secrets are redacted from what is written, as when the run was certified)."""
     results, records = load_run(run_dir)
     statement, signature = existing_signature(run_dir)
-    render(run_dir, results, records, statement, signature)
+    secrets = secret_values()
+    write_texts(run_dir, {name: redact(text, secrets)
+                          for name, text in rendered(results, records, statement, signature).items()})
     return signature
 
 
-def render(run_dir: Path, results: dict[str, Any], records: list[dict[str, Any]], statement: dict[str, Any],
-           signature: dict[str, Any]) -> None:
+def rendered(results: dict[str, Any], records: list[dict[str, Any]], statement: dict[str, Any],
+             signature: dict[str, Any]) -> dict[str, str]:
+    """The report and the summary, by file name, not yet written."""
     from certify.report.html import render_html
     from certify.report.markdown import summary
 
-    _write_text(run_dir / HTML_FILE, render_html(results, records, signature))
-    text = summary(statement, signature)
-    _write_text(run_dir / SUMMARY_FILE, text)
+    return {HTML_FILE: render_html(results, records, signature), SUMMARY_FILE: summary(statement, signature)}
+
+
+def write_texts(run_dir: Path, texts: dict[str, str]) -> None:
+    """Write the rendered outputs; the summary also goes to ``$GITHUB_STEP_SUMMARY`` when set."""
+    for name, text in texts.items():
+        _write_text(run_dir / name, text)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
+    if step_summary and SUMMARY_FILE in texts:
         with open(step_summary, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+            handle.write(texts[SUMMARY_FILE] + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
