@@ -77,7 +77,7 @@ POLICIES: dict[str, Policy] = {
     "edge-default": Policy(name="edge-default"),
     "edge-strict": Policy(
         name="edge-strict", min_accuracy_retention=0.99, max_p99_over_p50=2.0, max_cv=0.25, max_drift=0.1,
-        max_load_p99_ratio=3.0, max_throughput_decay=0.1, max_memory_growth_mib_per_min=8.0, max_recovery_s=10.0,
+        max_load_p99_ratio=3.0, max_throughput_decay=0.1, max_memory_growth_mib_per_min=16.0, max_recovery_s=10.0,
     ),
 }
 

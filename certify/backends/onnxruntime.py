@@ -52,6 +52,7 @@ class OnnxRuntimeBackend:
         "stability": "pin intra_op threads, disable spinning (session_config session.intra_op.allow_spinning=0) "
                      "on shared hosts, and remove background load",
     }
+    thread_safe: ClassVar[bool] = True  # InferenceSession.run may be called from several threads at once
 
     def __init__(self, ref: ModelRef) -> None:
         self.ref = ref

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -111,7 +112,8 @@ def _property_value(value: Any) -> Any:
 
 
 class OpenVinoBackend:
-    """Runs an OpenVINO IR or an ONNX file with ``openvino.Core``: read_model, compile_model, one InferRequest.
+    """Runs an OpenVINO IR or an ONNX file with ``openvino.Core``: read_model, compile_model, one InferRequest per
+    calling thread (a CompiledModel may be shared by threads, an InferRequest may not: it owns its tensors).
 
     Plan keys used: ``device`` (CPU, GPU, NPU, AUTO, ``AUTO:GPU,CPU``, ``HETERO:...``, ``MULTI:...``; upper-cased),
     ``threads`` (INFERENCE_NUM_THREADS, applied to the CPU only: scoped through DEVICE_PROPERTIES for AUTO/HETERO/
@@ -140,12 +142,14 @@ class OpenVinoBackend:
                      "ENABLE_CPU_PINNING = 'NO' on shared hosts (or YES on a dedicated one), keep one infer "
                      "request, and remove background load",
     }
+    thread_safe: ClassVar[bool] = True  # infer() uses the calling thread's own InferRequest
 
     def __init__(self, ref: ModelRef) -> None:
         self.ref = ref
         self.device = ov_device(ref)
         self._compiled: Any = None
-        self._request: Any = None
+        self._request: Any = None  # the loading thread's request
+        self._local = threading.local()  # .request: each other calling thread's own
         self._inputs: list[TensorSpec] = []
         self._outputs: list[str] = []
         self._config: dict[str, Any] = {}
@@ -218,7 +222,7 @@ class OpenVinoBackend:
         model = self._read(core)
         try:
             self._compiled = core.compile_model(model, self.device, self._config)
-            self._request = self._compiled.create_infer_request()
+            self._request = self._local.request = self._compiled.create_infer_request()
         except Exception as exc:  # pybind RuntimeError with nested C++ locations: keep the cause only
             cause = first_cause(exc)
             raise ModelError(f"OpenVINO could not compile {self.ref.file.name} for device {self.device!r}: {cause}",
@@ -277,7 +281,10 @@ class OpenVinoBackend:
     def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         # share_inputs: zero-copy from the prepared (contiguous) feeds; outputs are not shared (the default),
         # so each call returns fresh arrays that the next inference cannot overwrite.
-        return list(self._request.infer(feeds, share_inputs=True).to_tuple())
+        request = getattr(self._local, "request", None)
+        if request is None:  # first call from this thread: InferRequests must not be shared between threads
+            request = self._local.request = self._compiled.create_infer_request()
+        return list(request.infer(feeds, share_inputs=True).to_tuple())
 
     def executed_device(self) -> str:
         return ",".join(str(d) for d in self._compiled.get_property("EXECUTION_DEVICES"))
@@ -314,5 +321,5 @@ class OpenVinoBackend:
         }
 
     def close(self) -> None:
-        self._request = None
+        self._request, self._local = None, threading.local()
         self._compiled = None

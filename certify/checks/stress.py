@@ -1,0 +1,350 @@
+"""The stress gate: sustained concurrent load on one loaded candidate, in its own worker.
+
+The load itself runs inside the worker (``certify.checks.load``); this module picks the requests, bounds the run in
+time, turns the worker's records into figures (``analyse``) and the figures into a verdict (``stress_gate``, a pure
+function). The gate fails on any of: a failed request, p99 latency under load more than ``max_load_p99_ratio`` times
+the p99 in isolation (closed loop, and open loop when ``[stress] rate`` > 0), completions per second in the last of
+``windows`` windows more than ``max_throughput_decay`` below the first, resident memory growing faster than
+``max_memory_growth_mib_per_min`` after the first window (least squares), or a sampled output under load that
+differs from the same input's output in isolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from certify import gates
+from certify.backends import resolve_backend
+from certify.errors import CertifyError
+from certify.gates import GateResult
+from certify.measure import stats
+from certify.measure.client import WorkerClient
+from certify.plan import Measure, Stress
+from certify.policy import Policy
+
+if TYPE_CHECKING:
+    from certify.cases import Case
+    from certify.runner import CertificationRun
+
+MAX_DISTINCT_REQUESTS = 8
+MIN_WINDOW_COMPLETIONS = 10  # fewer in the first window: the decay is not measurable (run longer)
+MIN_MEMORY_SAMPLES = 5
+DRAIN_S = 60.0  # how long a phase waits for its last requests before calling them hung
+MARGIN_S = 30.0
+EVIDENCE_POINTS = 120  # memory samples kept in the evidence
+ROBUST_SLOPE_POINTS = 400
+MIB = 1024 * 1024
+SCHEDULING_FLOOR_MS = 1.0  # p99s below it count as it: sub-millisecond tails on a time-shared CPU are the scheduler's
+Check = tuple[str, bool, str]  # (name, broken, what was measured against what limit, and why when broken)
+
+FRAMEWORK_HINTS = {
+    "onnxruntime": "keep intra_op threads x clients within the physical cores and disable spinning "
+                   "(options.session_config session.intra_op.allow_spinning = 0); memory that grows with load: "
+                   "cap the CPU arena (session_config) or disable it",
+    "openvino": "serve concurrent clients with options.performance_hint = 'THROUGHPUT' or num_streams = clients (each "
+                "infer request then gets its own stream) and threads set to the physical cores",
+    "llamacpp": "one llama.cpp context serves one request at a time (clients take turns): give each concurrent "
+                "client its own context (memory grows with n_ctx x contexts) or shorten turns (n_ctx, n_batch)",
+    "mlx": "an MLX model serves one request at a time here (clients take turns): batch concurrent requests instead",
+}
+FRAMEWORK_HINTS["olive"] = FRAMEWORK_HINTS["onnxruntime"]
+CHECK_HINTS = {
+    "errors": "reproduce the first error alone with the same input; a runtime that fails only under load shares "
+              "state between calls",
+    "p99": "latency under load: fewer threads per request, or fewer clients per core",
+    "decay": "throughput falling over the run: look for caches or queues that grow per request, thermal or memory "
+             "pressure; confirm with a longer run (--certify-soak SECONDS)",
+    "memory": "memory growing under load is a leak until shown otherwise: look for per-request buffers kept "
+              "alive (caches, histories, tensors held by callbacks); confirm with --certify-soak SECONDS",
+    "outputs": "outputs differ when calls overlap: something is shared between concurrent calls without a lock "
+               "(an output buffer, a custom op's state); serve one call at a time or give each thread its own "
+               "session/request",
+}
+
+
+def distinct_requests(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Up to ``MAX_DISTINCT_REQUESTS`` requests of ``batch_size`` consecutive dataset rows each (one request with
+    every row when the dataset is smaller than a batch)."""
+    rows = len(next(iter(inputs.values())))
+    size = max(1, min(batch_size, rows))
+    count = max(1, min(MAX_DISTINCT_REQUESTS, rows // size))
+    return [{k: v[i * size:(i + 1) * size] for k, v in inputs.items()} for i in range(count)]
+
+
+def budget_s(stress: Stress, measure: Measure) -> tuple[float, float]:
+    """(drain, whole call): how long a phase waits for requests still running at its end, and the deadline of the
+    worker call that runs the load (isolation, each phase with its drain, and one request's allowance)."""
+    from certify.checks.load import isolated_bounds
+
+    drain = min(measure.timeout_s, DRAIN_S)
+    phases = 2 if stress.rate > 0 else 1
+    return drain, isolated_bounds(stress.duration_s)[1] + phases * (stress.duration_s + drain) \
+        + measure.timeout_s + MARGIN_S
+
+
+def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
+    """Load the candidate in a fresh worker, run the load there (``certify.checks.load.serve``) within a bounded
+    time, and judge it. A worker that dies or overruns raises (the runner makes that the candidate's FAIL)."""
+    stress, measure = run.plan.stress, run.plan.measure
+    requests = distinct_requests(run.data(case.model)[0], case.model.dataset.speed_batch_size)
+    drain, deadline = budget_s(stress, measure)
+    with WorkerClient("candidate", case.candidate, measure.timeout_s) as worker:
+        loaded = worker.call("load", ref=case.candidate)
+        keys = [f"stress-{i}" for i in range(len(requests))]
+        for key, arrays in zip(keys, requests, strict=True):
+            worker.call("feeds", key=key, arrays=arrays)
+        served = worker.call("check", timeout_s=deadline, module="load", function="serve", keys=keys,
+                             clients=stress.clients, duration_s=stress.duration_s, rate=stress.rate,
+                             windows=stress.windows, sample_every=stress.sample_every, seed=measure.seed,
+                             drain_s=drain)
+    figures = analyse(served, stress.windows)
+    measurement.update(figures, load_s=loaded["load_s"], info=loaded["info"],
+                       batch_size=len(next(iter(requests[0].values()))), stress=asdict(stress))
+    return stress_gate(figures, run.plan.policy_for(case.candidate), stress_hint(run, case))
+
+
+def stress_hint(run: CertificationRun, case: Case) -> str:
+    """The backend's own ``hints['stress']``, else this module's advice for its framework (or the one it derives
+    from)."""
+    own = run.hint(case)
+    if own:
+        return own
+    try:
+        backend = resolve_backend(case.candidate.framework)
+    except CertifyError:
+        return ""
+    return next((FRAMEWORK_HINTS[n] for n in (getattr(c, "name", "") for c in backend.__mro__)
+                 if n in FRAMEWORK_HINTS), "")
+
+
+def throughput_windows(completions: np.ndarray, windows: int, bucket_s: float) -> list[float]:
+    """Completions per second in each of ``windows`` equal windows made of whole buckets."""
+    per_window = np.asarray(completions, dtype=np.float64).reshape(windows, -1)
+    return [float(c) for c in per_window.sum(axis=1) / (per_window.shape[1] * bucket_s)]
+
+
+def throughput_decay(per_window: list[float]) -> float:
+    """1 - last window's throughput / the first's (0.2 = 20% fewer completions per second at the end)."""
+    first, last = per_window[0], per_window[-1]
+    return 1.0 - last / first if first > 0 else 0.0
+
+
+def memory_slope(times_s: np.ndarray, rss_bytes: np.ndarray, after_s: float) -> tuple[float, int]:
+    """Least-squares slope of the resident set over the samples taken at or after ``after_s``, in MiB per minute,
+    and how many samples it rests on (nan below 3)."""
+    keep = np.asarray(times_s) >= after_s
+    t, rss = np.asarray(times_s, np.float64)[keep], np.asarray(rss_bytes, np.float64)[keep]
+    if t.size < 3 or np.ptp(t) <= 0:
+        return float("nan"), int(t.size)
+    return float(np.polyfit(t / 60.0, rss / MIB, 1)[0]), int(t.size)
+
+
+def robust_slope(times_s: np.ndarray, rss_bytes: np.ndarray, after_s: float) -> float:
+    """Theil-Sen slope (the median of the pairwise slopes) over the same samples, in MiB per minute: recorded next
+    to the gated least-squares slope because a single allocator step (an arena grown once for two concurrent calls)
+    barely moves it, while a steady leak moves it as much as the least-squares slope."""
+    keep = np.asarray(times_s) >= after_s
+    rows = thin(np.c_[np.asarray(times_s, np.float64)[keep], np.asarray(rss_bytes, np.float64)[keep]],
+                ROBUST_SLOPE_POINTS)
+    i, j = np.triu_indices(len(rows), k=1)
+    dt = rows[j, 0] - rows[i, 0]
+    pairs = dt > 0
+    if not pairs.any():
+        return float("nan")
+    return float(np.median((rows[j, 1] - rows[i, 1])[pairs] / dt[pairs])) * 60.0 / MIB
+
+
+def thin(rows: np.ndarray, points: int) -> np.ndarray:
+    """At most ``points`` rows, evenly spaced, the last one included."""
+    if len(rows) <= points:
+        return rows
+    kept: np.ndarray = rows[np.unique(np.linspace(0, len(rows) - 1, points).round().astype(int))]
+    return kept
+
+
+def _p99(latency_ns: np.ndarray) -> float:
+    return float(np.percentile(latency_ns, 99)) / 1e6 if latency_ns.size else float("nan")
+
+
+def p99_ratio(load_ms: float, isolated_ms: float) -> float:
+    """p99 under load / p99 in isolation, each taken as at least ``SCHEDULING_FLOOR_MS``: a request that waits one
+    time slice of another thread on its core gains about a millisecond whatever the model, so below that a ratio
+    of tails measures the host's scheduler (a 10 us model with a 90 us p99 under load is not 9x worse to serve)."""
+    if not load_ms >= 0:
+        return float("inf")  # no request completed under load
+    return max(load_ms, SCHEDULING_FLOOR_MS) / max(isolated_ms, SCHEDULING_FLOOR_MS)
+
+
+def _phase(phase: dict[str, Any], windows: int, reference_p99_ms: float, extra_ns: np.ndarray) -> dict[str, Any]:
+    """A load phase's figures, its p99 compared with ``reference_p99_ms``; ``extra_ns`` are latencies of requests
+    that never ran (their wait so far, a lower bound)."""
+    latency = np.concatenate([phase["records"][:, 1], extra_ns])
+    per_window = throughput_windows(phase["completions"], windows, phase["bucket_s"])
+    p99 = _p99(latency)
+    samples = np.asarray(phase["memory"], dtype=np.float64).reshape(-1, 4)
+    return {
+        "other_processes_cores": other_processes_cores(samples, windows, phase["duration_s"]),
+        "latency": stats.summarize(latency), "service": stats.summarize(phase["records"][:, 2]),
+        "p99_ms": p99, "reference_p99_ms": reference_p99_ms, "p99_ratio": p99_ratio(p99, reference_p99_ms),
+        "p99_ratio_unfloored": p99 / reference_p99_ms if reference_p99_ms > 0 else float("inf"),
+        "requests": int(phase["requests"]), "errors": int(phase["errors"]), "hung": int(phase["hung"]),
+        "requests_per_s": float(np.sum(phase["completions"])) / phase["duration_s"],
+        "windows_per_s": per_window, "throughput_decay": throughput_decay(per_window),
+        "first_window_completions": int(np.asarray(phase["completions"]).reshape(windows, -1)[0].sum()),
+        "duration_s": phase["duration_s"], "latency_samples_thinned_every": int(phase["thinned_stride"]),
+    }
+
+
+def other_processes_cores(samples: np.ndarray, windows: int, duration_s: float) -> list[float] | None:
+    """How many cores other processes kept busy, on average, in each window: the host's busy CPU time minus this
+    worker's own, per second (interpolated at the window bounds); None where the host's CPU time is unknown."""
+    t_s, busy_s, own_s = samples[:, 0] / 1e9, samples[:, 2] / 1e3, samples[:, 3] / 1e9
+    if len(t_s) < 2 or (busy_s < 0).any():
+        return None
+    bounds = np.linspace(0.0, duration_s, windows + 1)
+    others = np.diff(np.interp(bounds, t_s, busy_s) - np.interp(bounds, t_s, own_s)) / np.diff(bounds)
+    return [round(max(0.0, float(c)), 2) for c in others]
+
+
+def _memory(phase: dict[str, Any], windows: int) -> dict[str, Any]:
+    samples = np.asarray(phase["memory"], dtype=np.float64).reshape(-1, 4)
+    times_s, rss = samples[:, 0] / 1e9, samples[:, 1]
+    after = phase["duration_s"] / windows
+    slope, used = memory_slope(times_s, rss, after)
+    kept = rss[times_s >= after]
+    return {"slope_mib_per_min": slope, "samples_used": used, "after_s": after, "fit": "least squares",
+            "robust_slope_mib_per_min": robust_slope(times_s, rss, after),
+            "growth_mib": float(kept[-1] - kept[0]) / MIB if kept.size else 0.0,
+            "samples_s_mib": [[round(t, 3), round(m / MIB, 3)] for t, m in thin(np.c_[times_s, rss], EVIDENCE_POINTS)]}
+
+
+def _isolated_host(isolated: dict[str, Any]) -> float | None:
+    """Cores other processes kept busy during the isolated run (read at its start and end)."""
+    samples = np.asarray(isolated["memory"], dtype=np.float64).reshape(-1, 4)
+    elapsed = (samples[-1, 0] - samples[0, 0]) / 1e9
+    cores = other_processes_cores(samples, 1, elapsed + samples[0, 0] / 1e9) if elapsed > 0 else None
+    return cores[0] if cores else None
+
+
+def analyse(served: dict[str, Any], windows: int) -> dict[str, Any]:
+    """The worker's records as the gate's figures."""
+    isolated = served["isolated"]
+    iso_p99 = _p99(isolated["records"][:, 1])
+    closed = _phase(served["closed"], windows, iso_p99, np.empty(0, np.int64))
+    phases = [served["isolated"], served["closed"]]
+    figures: dict[str, Any] = {
+        "clients": served["clients"], "served_one_at_a_time": served["serialized"],
+        "executed_device": served["executed_device"], "distinct_requests": served["distinct_requests"],
+        "host_cpus": served["host_cpus"],
+        "isolated": {"latency": stats.summarize(isolated["records"][:, 1]), "p99_ms": iso_p99,
+                     "other_processes_cores": _isolated_host(isolated),
+                     "requests": int(isolated["requests"]), "errors": int(isolated["errors"])},
+        "closed_loop": closed, "memory": _memory(served["closed"], windows),
+    }
+    if "open" in served:
+        opened = served["open"]
+        wake_p99 = _p99(opened["wake_lateness_ns"]) if opened["wake_lateness_ns"].size else 0.0
+        figures["open_loop"] = {**_phase(opened, windows, iso_p99 + wake_p99, opened["unserved_wait_ns"]),
+                                "rate": opened["rate"], "unserved": int(opened["unserved_wait_ns"].size),
+                                "wake_lateness": stats.summarize(opened["wake_lateness_ns"]),
+                                "wake_lateness_p99_ms": wake_p99,
+                                "memory": _memory(opened, windows)}
+        phases.append(opened)
+    figures.update(
+        requests=sum(int(p["requests"]) for p in phases), errors=sum(int(p["errors"]) for p in phases),
+        hung=sum(int(p["hung"]) for p in phases), first_errors=list(served["first_errors"]),
+        outputs={"compared": sum(int(p["compared"]) for p in phases),
+                 "mismatched": sum(int(p["mismatched"]) for p in phases),
+                 "max_abs_diff": max(float(p["max_abs_diff"]) for p in phases),
+                 "isolated_repeat_max_abs_diff": float(served["reference_repeat_max_abs_diff"]),
+                 "rtol": 1e-4, "atol": 1e-5},
+        p99_ratio=max(closed["p99_ratio"], figures.get("open_loop", {}).get("p99_ratio", 0.0)),
+    )
+    return figures
+
+
+def _errors_check(f: dict[str, Any]) -> Check:
+    errors, first = f["errors"] + f["hung"], "; ".join(f["first_errors"][:3])
+    return ("errors", errors > 0, f"{errors} of {f['requests']} requests failed"
+            + (f" ({f['hung']} hung)" if f["hung"] else "") + (f": {first}" if first else ""))
+
+
+def _host_during(f: dict[str, Any], phase: dict[str, Any]) -> str:
+    """'; other processes kept 0.1 cores busy in isolation, 1.4 under load' when both are known."""
+    alone, loaded = f["isolated"].get("other_processes_cores"), phase.get("other_processes_cores")
+    if alone is None or not loaded:
+        return ""
+    return f"; other processes kept {alone:.2g} cores busy in isolation, {sum(loaded) / len(loaded):.2g} under load"
+
+
+def _p99_check(f: dict[str, Any], name: str, phase: dict[str, Any], policy: Policy) -> Check:
+    reference = f"{f['isolated']['p99_ms']:.3g} ms isolated" + (
+        f" + {phase['wake_lateness_p99_ms']:.3g} ms host wake-up" if "wake_lateness_p99_ms" in phase else "")
+    floored = " (p99s under 1 ms count as 1 ms)" \
+        if min(phase["p99_ms"], phase["reference_p99_ms"]) < SCHEDULING_FLOOR_MS else ""
+    unserved = f", {phase['unserved']} arrivals never served (counted with their wait)" \
+        if phase.get("unserved") else ""
+    broken = not phase["p99_ratio"] <= policy.max_load_p99_ratio
+    return ("p99", broken, f"{name} p99 {phase['p99_ms']:.3g} ms vs {reference}: {phase['p99_ratio']:.3g}x{floored}"
+            f"{unserved} (max {policy.max_load_p99_ratio:g}x{_host_during(f, phase) if broken else ''})")
+
+
+def _decay_check(f: dict[str, Any], policy: Policy) -> Check:
+    closed = f["closed_loop"]
+    few = closed["first_window_completions"] < MIN_WINDOW_COMPLETIONS
+    broken = few or closed["throughput_decay"] > policy.max_throughput_decay
+    others = closed.get("other_processes_cores")
+    host = (f"; other processes kept {others[0]:.2g} -> {others[-1]:.2g} of {f.get('host_cpus') or '?'} cores busy"
+            if others and broken else "")
+    return ("decay", broken, f"throughput decay {closed['throughput_decay']:.1%} (max "
+            f"{policy.max_throughput_decay:.0%}; " + " -> ".join(f"{w:.4g}" for w in closed["windows_per_s"])
+            + f" requests/s{host})" + (f": not decisive, {closed['first_window_completions']} completions in the "
+                                       "first window (run longer)" if few else ""))
+
+
+def _memory_check(f: dict[str, Any], policy: Policy) -> Check:
+    mem = f["memory"]
+    slope, undecided = mem["slope_mib_per_min"], mem["samples_used"] < MIN_MEMORY_SAMPLES
+    return ("memory", undecided or not slope <= policy.max_memory_growth_mib_per_min,
+            f"memory slope {slope:.3g} MiB/min over {mem['samples_used']} samples after the first window (max "
+            f"{policy.max_memory_growth_mib_per_min:g})" + (": not decisive (run longer)" if undecided else ""))
+
+
+def _outputs_check(f: dict[str, Any]) -> Check:
+    out = f["outputs"]
+    return ("outputs", out["mismatched"] > 0 or out["compared"] == 0,
+            f"{out['mismatched']} of {out['compared']} sampled outputs differ from isolation (max abs diff "
+            f"{out['max_abs_diff']:.3g}, rtol 1e-4, atol 1e-5)")
+
+
+def _checks(f: dict[str, Any], policy: Policy) -> list[Check]:
+    loops = [("closed loop", f["closed_loop"])] + ([("open loop", f["open_loop"])] if "open_loop" in f else [])
+    return [_errors_check(f), *(_p99_check(f, name, phase, policy) for name, phase in loops),
+            _decay_check(f, policy), _memory_check(f, policy), _outputs_check(f)]
+
+
+def stress_gate(figures: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+    """FAIL listing every broken check, or PASS with every figure."""
+    checks = _checks(figures, policy)
+    closed = figures["closed_loop"]
+    load = (f"{figures['clients']} clients for {closed['duration_s']:.3g} s, {closed['requests_per_s']:.4g} "
+            f"requests/s" + (f", open loop at {figures['open_loop']['rate']:g}/s" if "open_loop" in figures else "")
+            + (", served one at a time through a lock (the backend is not thread-safe)"
+               if figures["served_one_at_a_time"] else ""))
+    details = {k: figures[k] for k in ("clients", "requests", "errors", "first_errors", "outputs",
+                                       "served_one_at_a_time", "executed_device")} | {
+        "closed_loop_p99_ms": closed["p99_ms"], "isolated_p99_ms": figures["isolated"]["p99_ms"],
+        "throughput_decay": closed["throughput_decay"], "windows_per_s": closed["windows_per_s"],
+        "requests_per_s": closed["requests_per_s"], "memory_slope_mib_per_min": figures["memory"]["slope_mib_per_min"],
+        "other_processes_cores": closed.get("other_processes_cores"),
+        "broken": list(dict.fromkeys(name for name, broken, _ in checks if broken))}
+    broken = [(name, text) for name, broken, text in checks if broken]
+    if broken:
+        advice = "; ".join(dict.fromkeys([hint] * bool(hint) + [CHECK_HINTS[name] for name, _ in broken]))
+        return GateResult("stress", gates.FAIL, f"under load ({load}): " + "; ".join(t for _, t in broken),
+                          figures["p99_ratio"], None, policy.max_load_p99_ratio, "<=", "x", advice, details)
+    return GateResult("stress", gates.PASS, f"sustained load held ({load}): " + "; ".join(t for _, _, t in checks),
+                      figures["p99_ratio"], None, policy.max_load_p99_ratio, "<=", "x", "", details)

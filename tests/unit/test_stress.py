@@ -1,0 +1,277 @@
+"""certify.checks.stress and certify.checks.load: the stress decision on synthetic figures (each check passing and
+failing), the window, slope and thinning computations, and one real load run in a worker on a small ORT model."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from certify.checks import load, stress
+from certify.gates import FAIL, PASS
+from certify.policy import POLICIES
+
+DEFAULT = POLICIES["edge-default"]
+HINT = "framework advice"
+
+
+def figures(**changes: Any) -> dict[str, Any]:
+    """Figures of a run that passes every check under ``edge-default``; ``changes`` are dotted paths."""
+    phase = {"p99_ms": 12.0, "reference_p99_ms": 6.0, "p99_ratio": 2.0, "duration_s": 6.0, "requests_per_s": 300.0,
+             "windows_per_s": [300.0, 290.0, 295.0], "throughput_decay": 1 - 295 / 300,
+             "first_window_completions": 600}
+    base: dict[str, Any] = {
+        "clients": 2, "served_one_at_a_time": False, "executed_device": "CPUExecutionProvider",
+        "requests": 3600, "errors": 0, "hung": 0, "first_errors": [], "p99_ratio": 2.0,
+        "isolated": {"p99_ms": 6.0}, "closed_loop": phase,
+        "memory": {"slope_mib_per_min": 1.5, "samples_used": 80},
+        "outputs": {"compared": 720, "mismatched": 0, "max_abs_diff": 0.0},
+    }
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        node = base
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return base
+
+
+def test_every_check_passing_passes_with_every_figure_in_the_reason() -> None:
+    result = stress.stress_gate(figures(), DEFAULT, HINT)
+    assert result.verdict == PASS and result.gate == "stress" and result.hint == ""
+    assert (result.value, result.threshold, result.comparison, result.unit) == (2.0, 4.0, "<=", "x")
+    for words in ("2 clients for 6 s", "300 requests/s", "0 of 3600 requests failed", "12 ms vs 6 ms isolated",
+                  "2x", "throughput decay 1.7%", "memory slope 1.5 MiB/min", "0 of 720 sampled outputs differ"):
+        assert words in result.reason, words
+    assert result.details["broken"] == []
+
+
+@pytest.mark.parametrize(("changes", "check", "words"), [
+    ({"errors": 3, "first_errors": ["RuntimeError: boom", "RuntimeError: again"]}, "errors",
+     "3 of 3600 requests failed: RuntimeError: boom; RuntimeError: again"),
+    ({"hung": 1}, "errors", "1 of 3600 requests failed (1 hung)"),
+    ({"closed_loop.p99_ratio": 4.5, "closed_loop.p99_ms": 27.0}, "p99", "closed loop p99 27 ms vs 6 ms isolated: 4.5x"),
+    ({"closed_loop.p99_ratio": 5.0, "isolated.other_processes_cores": 0.1,
+      "closed_loop.other_processes_cores": [1.0, 1.5, 2.0]}, "p99",
+     "(max 4x; other processes kept 0.1 cores busy in isolation, 1.5 under load)"),
+    ({"closed_loop.throughput_decay": 0.35, "closed_loop.windows_per_s": [300.0, 250.0, 195.0]}, "decay",
+     "throughput decay 35.0% (max 20%; 300 -> 250 -> 195 requests/s)"),
+    ({"closed_loop.throughput_decay": 0.35, "closed_loop.other_processes_cores": [0.1, 0.5, 1.2], "host_cpus": 2},
+     "decay", "requests/s; other processes kept 0.1 -> 1.2 of 2 cores busy)"),
+    ({"closed_loop.first_window_completions": 4}, "decay", "not decisive, 4 completions in the first window"),
+    ({"memory.slope_mib_per_min": 40.0}, "memory", "memory slope 40 MiB/min over 80 samples"),
+    ({"memory.slope_mib_per_min": float("nan"), "memory.samples_used": 2}, "memory", "not decisive"),
+    ({"outputs.mismatched": 7, "outputs.max_abs_diff": 0.5}, "outputs", "7 of 720 sampled outputs differ"),
+    ({"outputs.compared": 0}, "outputs", "0 of 0 sampled outputs"),
+])
+def test_each_broken_check_fails_and_says_why(changes: dict[str, Any], check: str, words: str) -> None:
+    result = stress.stress_gate(figures(**changes), DEFAULT, HINT)
+    assert result.verdict == FAIL
+    assert result.details["broken"] == [check]
+    assert words in result.reason, result.reason
+    assert result.hint.startswith(HINT) and stress.CHECK_HINTS[check] in result.hint
+
+
+def test_several_broken_checks_are_all_listed() -> None:
+    result = stress.stress_gate(figures(**{"errors": 2, "memory.slope_mib_per_min": 100.0,
+                                           "outputs.mismatched": 1}), DEFAULT, "")
+    assert result.details["broken"] == ["errors", "memory", "outputs"]
+    assert result.reason.count(";") >= 2 and result.hint.startswith(stress.CHECK_HINTS["errors"])
+
+
+def test_open_loop_p99_is_checked_against_isolation_plus_host_wake_up() -> None:
+    opened = {**figures()["closed_loop"], "p99_ms": 60.0, "reference_p99_ms": 7.0, "p99_ratio": 60 / 7,
+              "wake_lateness_p99_ms": 1.0, "rate": 50.0}
+    result = stress.stress_gate(figures(open_loop=opened), DEFAULT, "")
+    assert result.verdict == FAIL and result.details["broken"] == ["p99"]
+    both = stress.stress_gate(figures(**{"open_loop": opened, "closed_loop.p99_ratio": 5.0}), DEFAULT, "")
+    assert both.details["broken"] == ["p99"] and "closed loop p99" in both.reason and "open loop p99" in both.reason
+    assert "open loop p99 60 ms vs 6 ms isolated + 1 ms host wake-up: 8.57x" in result.reason
+    assert "open loop at 50/s" in result.reason
+
+
+def test_a_stricter_policy_fails_what_the_default_passes() -> None:
+    result = stress.stress_gate(figures(**{"memory.slope_mib_per_min": 12.0}), POLICIES["edge-strict"], "")
+    assert result.verdict == FAIL and result.details["broken"] == ["memory"]
+
+
+def test_serialized_backends_say_so() -> None:
+    result = stress.stress_gate(figures(served_one_at_a_time=True), DEFAULT, "")
+    assert result.verdict == PASS and "served one at a time through a lock" in result.reason
+
+
+# --- the computations ----------------------------------------------------------------------------------------
+
+
+def test_throughput_windows_sum_whole_buckets() -> None:
+    completions = np.array([1, 2, 3, 4, 5, 6])
+    assert stress.throughput_windows(completions, 3, 0.5) == [3.0, 7.0, 11.0]  # 2 buckets of 0.5 s a window
+    assert stress.throughput_decay([10.0, 9.0, 8.0]) == pytest.approx(0.2)
+    assert stress.throughput_decay([10.0, 12.0]) == pytest.approx(-0.2)
+    assert stress.throughput_decay([0.0, 5.0]) == 0.0
+
+
+def test_memory_slope_is_least_squares_after_the_first_window() -> None:
+    t = np.linspace(0.0, 6.0, 121)
+    rss = 100 * stress.MIB + np.where(t < 2.0, 50 * stress.MIB * t, 100 * stress.MIB)  # warm-up ramp, then flat
+    slope, used = stress.memory_slope(t, rss, after_s=2.0)
+    assert slope == pytest.approx(0.0, abs=1e-9) and used == 81
+    leak = 100 * stress.MIB + t * stress.MIB  # 1 MiB/s = 60 MiB/min
+    assert stress.memory_slope(t, leak, after_s=2.0)[0] == pytest.approx(60.0)
+    assert np.isnan(stress.memory_slope(t[:2], leak[:2], after_s=0.0)[0])
+    assert stress.robust_slope(t, leak, after_s=2.0) == pytest.approx(60.0)
+
+
+def test_one_allocator_step_moves_the_least_squares_slope_far_more_than_the_robust_one() -> None:
+    t = np.linspace(2.0, 6.0, 81)
+    rss = 100 * stress.MIB + np.where(t < 3.0, 0.0, stress.MIB)  # one 1 MiB step, a quarter into the window
+    assert stress.memory_slope(t, rss, after_s=2.0)[0] > 8.0
+    assert stress.robust_slope(t, rss, after_s=2.0) == 0.0
+
+
+def test_other_processes_cores_is_the_host_busy_time_minus_this_worker_own() -> None:
+    t = np.arange(0.0, 3.0001, 0.05)
+    host_ms = np.where(t < 1.0, 1500.0 * t, 1500.0 + 2000.0 * (t - 1.0))  # 1.5 busy cores, then 2
+    own_ns = 1e9 * t  # this worker used one core throughout
+    samples = np.c_[t * 1e9, np.zeros_like(t), host_ms, own_ns]
+    assert stress.other_processes_cores(samples, 3, 3.0) == [0.5, 1.0, 1.0]
+    samples[:, 2] = -1  # the host's CPU time is unknown here
+    assert stress.other_processes_cores(samples, 3, 3.0) is None
+
+
+def test_p99_ratio_counts_sub_millisecond_tails_as_one_millisecond() -> None:
+    assert stress.p99_ratio(12.0, 4.0) == 3.0
+    assert stress.p99_ratio(0.09, 0.01) == 1.0  # scheduler noise, not a 9x slowdown
+    assert stress.p99_ratio(3.0, 0.01) == 3.0
+    assert stress.p99_ratio(float("nan"), 1.0) == float("inf")
+
+
+def test_distinct_requests_are_consecutive_batches() -> None:
+    x = np.arange(40).reshape(20, 2)
+    requests = stress.distinct_requests({"x": x}, 4)
+    assert len(requests) == 5 and [r["x"][0, 0] for r in requests] == [0, 8, 16, 24, 32]
+    assert len(stress.distinct_requests({"x": x}, 1)) == stress.MAX_DISTINCT_REQUESTS
+    assert stress.distinct_requests({"x": x[:3]}, 8)[0]["x"].shape == (3, 2)
+
+
+def test_thinned_records_keep_a_uniform_sample_of_any_length() -> None:
+    record = load.Thinned(8, 1)
+    for i in range(100):
+        record.add(i)
+    kept = record.table()[:, 0]
+    assert record.stride == 16 and kept.tolist() == list(range(0, 100, 16))
+    assert stress.thin(np.arange(1000), 5).tolist() == [0, 250, 500, 749, 999]
+
+
+def test_max_abs_diff_and_same_outputs() -> None:
+    a = [np.array([1.0, np.nan, 3.0])]
+    assert load.max_abs_diff(a, [np.array([1.0, np.nan, 3.5])]) == 0.5
+    assert load.max_abs_diff(a, [np.array([1.0, 2.0, 3.0])]) == float("inf")
+    assert load.max_abs_diff(a, [np.zeros(2)]) == float("inf") and load.max_abs_diff(a, []) == float("inf")
+    assert load.same_outputs(a, [np.array([1.0 + 1e-7, np.nan, 3.0])])
+    assert not load.same_outputs(a, [np.array([1.0, np.nan, 3.01])])
+
+
+class _Racy:
+    """An in-process backend stand-in: the outputs of whichever call finished last (a shared slot)."""
+
+    thread_safe = True
+
+    def __init__(self) -> None:
+        self.slot: list[np.ndarray] = []
+
+    def infer(self, feeds: Any) -> list[np.ndarray]:
+        self.slot = [np.asarray(feeds["x"]) * 2.0]
+        time.sleep(0.001)
+        return [np.array(self.slot[0])]
+
+
+def test_load_phases_find_racy_outputs_and_a_lock_hides_them() -> None:
+    requests = [{"x": np.full((1, 3), float(i))} for i in range(4)]
+    racy = _Racy()
+    run = load.Load(racy.infer, requests, sample_every=1)
+    assert run.reference() == 0.0
+    closed = run.closed_loop(clients=2, duration_s=0.3, windows=3, drain_s=5.0)
+    assert closed["mismatched"] > 0 and closed["errors"] == 0 and closed["hung"] == 0
+    assert closed["completions"].shape == (3 * load.BUCKETS_PER_WINDOW,)
+    assert closed["memory"].shape[1] == len(load.SAMPLE_COLUMNS)
+    locked = load.Load(load.serialized(racy.infer), requests, sample_every=1)
+    locked.reference()
+    assert locked.closed_loop(clients=2, duration_s=0.3, windows=3, drain_s=5.0)["mismatched"] == 0
+
+
+def test_open_loop_serves_poisson_arrivals_and_counts_failures() -> None:
+    calls = iter(range(10**6))
+
+    def flaky(feeds: Any) -> list[np.ndarray]:
+        if next(calls) % 7 == 6:
+            raise ValueError("bad luck\nsecond line")
+        return [np.asarray(feeds["x"])]
+
+    run = load.Load(flaky, [{"x": np.ones(2)}], sample_every=2)
+    run.reference()
+    opened = run.open_loop(clients=2, duration_s=0.5, rate=200.0, windows=2, seed=0, drain_s=5.0)
+    assert 50 < opened["requests"] < 160 and opened["unserved_wait_ns"].size == 0
+    assert opened["errors"] > 0 and run.first_errors[0] == "ValueError: bad luck"
+    assert len(opened["records"]) == opened["requests"] - opened["errors"]
+
+
+def test_a_model_failing_alone_is_a_model_error_before_any_load() -> None:
+    from certify.errors import ModelError
+
+    def broken(feeds: Any) -> list[np.ndarray]:
+        raise RuntimeError("no kernel for this shape\ndetails")
+
+    with pytest.raises(ModelError, match=r"fails even alone, before any load: RuntimeError: no kernel for this shape$"):
+        load.Load(broken, [{"x": np.ones(2)}], sample_every=1).reference()
+
+
+def test_a_hung_request_is_counted_and_the_phase_still_ends() -> None:
+    release = threading.Event()
+
+    def hangs_once(feeds: Any) -> list[np.ndarray]:
+        if threading.current_thread().name == "stress-client-1":
+            release.wait(30)
+        return [np.asarray(feeds["x"])]
+
+    run = load.Load(hangs_once, [{"x": np.ones(2)}], sample_every=1)
+    run.reference()
+    started = time.monotonic()
+    closed = run.closed_loop(clients=2, duration_s=0.2, windows=2, drain_s=0.3)
+    release.set()
+    assert closed["hung"] == 1 and time.monotonic() - started < 5
+
+
+# --- one real run --------------------------------------------------------------------------------------------
+
+
+def test_a_real_run_of_a_small_onnx_model_passes(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from certify.cases import cases_for
+    from certify.hardware import detect_host
+    from certify.plan import load_plan
+    from certify.runner import CertificationRun
+    from tests.helpers.models import PLAN, candidate, mlp_project
+
+    mlp_project(tmp_path, (16, 64, 4))
+    plan_file = tmp_path / "certify.toml"
+    # the decisions are the synthetic tests' subject; here a shared host's load swings may move the throughput of
+    # 0.5 s windows, so the decay limit is loosened: what is checked is the run itself, end to end
+    plan_file.write_text(PLAN + "\n[stress]\nduration_s = 1.5\nclients = 2\nsample_every = 3\n"
+                         + candidate("fp32", "fp32.onnx", extra="policy = { max_throughput_decay = 0.6 }"))
+    plan = load_plan(plan_file)
+    case = cases_for(plan, "stress")[0]
+    measurement: dict[str, Any] = {}
+    result = stress.evaluate(CertificationRun(plan, tmp_path / "run", detect_host(), "run"), case, measurement)
+    closed = measurement["closed_loop"]
+    assert result.verdict == PASS, (result.reason, copy.deepcopy(measurement["memory"]))
+    assert measurement["errors"] == 0 and measurement["outputs"]["mismatched"] == 0
+    assert measurement["outputs"]["compared"] > 10 and measurement["clients"] == 2
+    assert closed["requests"] > 100 and len(closed["windows_per_s"]) == 3
+    assert measurement["executed_device"] == "CPUExecutionProvider" and not measurement["served_one_at_a_time"]
+    assert "open_loop" not in measurement and measurement["memory"]["samples_used"] >= stress.MIN_MEMORY_SAMPLES
