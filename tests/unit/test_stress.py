@@ -96,7 +96,7 @@ def test_open_loop_p99_is_checked_against_isolation_plus_host_wake_up() -> None:
 
 
 def test_a_stricter_policy_fails_what_the_default_passes() -> None:
-    result = stress.stress_gate(figures(**{"memory.slope_mib_per_min": 12.0}), POLICIES["edge-strict"], "")
+    result = stress.stress_gate(figures(**{"memory.slope_mib_per_min": 20.0}), POLICIES["edge-strict"], "")
     assert result.verdict == FAIL and result.details["broken"] == ["memory"]
 
 
