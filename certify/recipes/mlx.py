@@ -33,7 +33,7 @@ FOLDER = "mlx-q{bits}-g{group_size}"
 
 
 def checked_params(bits: object, group_size: object) -> tuple[int, int]:
-    from certify.backends.mlx import BITS, GROUP_SIZES
+    from certify.backends.mlx_folders import BITS, GROUP_SIZES
 
     if isinstance(bits, bool) or bits not in BITS:
         raise RecipeError(f"mlx quantize: bits = {bits!r} is not supported",
@@ -47,7 +47,7 @@ def checked_params(bits: object, group_size: object) -> tuple[int, int]:
 
 def quantize(context: BuildContext, calibration: Calibration) -> Path:
     """Quantize the source folder into ``out_dir/mlx-q<bits>-g<group_size>/`` (model.json + weights)."""
-    from certify.backends import mlx as backend
+    from certify.backends import mlx_folders as backend
 
     bits, group_size = checked_params(context.recipe.param("bits", DEFAULT_BITS),
                                       context.recipe.param("group_size", DEFAULT_GROUP_SIZE))
@@ -78,7 +78,7 @@ def quantize(context: BuildContext, calibration: Calibration) -> Path:
 
 def quantize_mlx_lm(context: BuildContext, bits: int, group_size: int) -> Path:
     """Quantize an mlx-lm folder into ``out_dir/mlx-q<bits>-g<group_size>/`` (an mlx-lm folder)."""
-    from certify.backends import mlx as backend
+    from certify.backends import mlx_folders as backend
 
     source = backend.model_folder(context.source)
     try:
