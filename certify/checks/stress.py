@@ -85,9 +85,31 @@ def budget_s(stress: Stress, measure: Measure) -> tuple[float, float]:
         + measure.timeout_s + MARGIN_S
 
 
+HOST_TIMING_CHECKS = frozenset({"p99", "decay"})  # checks that follow the host's other load, not only the model
+BUSY_HOST_CORES = 0.5  # other processes keeping this many cores busy during the run make a timing failure suspect
+
+
 def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
     """Load the candidate in a fresh worker, run the load there (``certify.checks.load.serve``) within a bounded
-    time, and judge it. A worker that dies or overruns raises (the runner makes that the candidate's FAIL)."""
+    time, and judge it. A worker that dies or overruns raises (the runner makes that the candidate's FAIL).
+
+    When only timing checks (p99, decay) broke while other processes kept at least ``BUSY_HOST_CORES`` busy, the
+    host may explain the failure: the run is measured once more, and the second verdict stands (both attempts are
+    in the evidence). A leak, an error or a wrong output is never re-measured away."""
+    attempts: list[dict[str, Any]] = []
+    while True:
+        figures, loaded, batch = _measure_once(run, case)
+        result = stress_gate(figures, run.plan.policy_for(case.candidate), stress_hint(run, case))
+        attempts.append({"verdict": result.verdict, "broken": result.details.get("broken", []),
+                         "other_processes_cores": busiest_other_cores(figures)})
+        if result.passed or len(attempts) == 2 or not host_may_explain(result, figures):
+            break
+    measurement.update(figures, load_s=loaded["load_s"], info=loaded["info"], batch_size=batch,
+                       stress=asdict(run.plan.stress), attempts=attempts)
+    return result
+
+
+def _measure_once(run: CertificationRun, case: Case) -> tuple[dict[str, Any], dict[str, Any], int]:
     stress, measure = run.plan.stress, run.plan.measure
     requests = distinct_requests(run.data(case.model)[0], case.model.dataset.speed_batch_size)
     drain, deadline = budget_s(stress, measure)
@@ -100,10 +122,22 @@ def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> 
                              clients=stress.clients, duration_s=stress.duration_s, rate=stress.rate,
                              windows=stress.windows, sample_every=stress.sample_every, seed=measure.seed,
                              drain_s=drain)
-    figures = analyse(served, stress.windows)
-    measurement.update(figures, load_s=loaded["load_s"], info=loaded["info"],
-                       batch_size=len(next(iter(requests[0].values()))), stress=asdict(stress))
-    return stress_gate(figures, run.plan.policy_for(case.candidate), stress_hint(run, case))
+    return analyse(served, stress.windows), loaded, len(next(iter(requests[0].values())))
+
+
+def busiest_other_cores(figures: dict[str, Any]) -> float | None:
+    """The most cores other processes kept busy in any window of the run (None where unknown)."""
+    seen = [c for phase in ("closed_loop", "open_loop") for c in (figures.get(phase, {}).get("other_processes_cores")
+                                                                  or [])]
+    isolated = figures.get("isolated", {}).get("other_processes_cores")
+    seen += [isolated] if isolated is not None else []
+    return max(seen) if seen else None
+
+
+def host_may_explain(result: GateResult, figures: dict[str, Any]) -> bool:
+    broken = set(result.details.get("broken", []))
+    busy = busiest_other_cores(figures)
+    return bool(broken) and broken <= HOST_TIMING_CHECKS and busy is not None and busy >= BUSY_HOST_CORES
 
 
 def stress_hint(run: CertificationRun, case: Case) -> str:

@@ -275,3 +275,15 @@ def test_a_real_run_of_a_small_onnx_model_passes(tmp_path: Path) -> None:
     assert closed["requests"] > 100 and len(closed["windows_per_s"]) == 3
     assert measurement["executed_device"] == "CPUExecutionProvider" and not measurement["served_one_at_a_time"]
     assert "open_loop" not in measurement and measurement["memory"]["samples_used"] >= stress.MIN_MEMORY_SAMPLES
+
+
+def test_only_timing_failures_on_a_busy_host_are_measured_again() -> None:
+    busy = figures(**{"closed_loop.throughput_decay": 0.5, "closed_loop.other_processes_cores": [0.1, 0.2, 1.2]})
+    result = stress.stress_gate(busy, DEFAULT, HINT)
+    assert result.details["broken"] == ["decay"] and stress.host_may_explain(result, busy)
+    quiet = figures(**{"closed_loop.throughput_decay": 0.5, "closed_loop.other_processes_cores": [0.0, 0.0, 0.1]})
+    assert not stress.host_may_explain(stress.stress_gate(quiet, DEFAULT, HINT), quiet)  # the model's own decay
+    leak = figures(**{"memory.slope_mib_per_min": 500.0, "closed_loop.other_processes_cores": [1.5, 1.5, 1.5]})
+    assert not stress.host_may_explain(stress.stress_gate(leak, DEFAULT, HINT), leak)  # a leak is never re-measured
+    unknown = figures(**{"closed_loop.throughput_decay": 0.5})  # no host figures: nothing explains it
+    assert not stress.host_may_explain(stress.stress_gate(unknown, DEFAULT, HINT), unknown)
