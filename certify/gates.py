@@ -3,7 +3,7 @@ and a failing one a framework-specific hint for fixing it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from certify.policy import Policy
@@ -107,8 +107,34 @@ def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
                      f"{lm['prompt_tokens']}-token prompts; generation {base['generation_tokens_per_s']:.4g} -> "
                      f"{cand['generation_tokens_per_s']:.4g} tokens/s, not gated)")
     interval = (speed["interval"][0], speed["interval"][1])
-    return decide("speed", label, speed["speedup"], interval, policy.min_speedup, policy=policy, unit="x",
-                  hint=hint, details=details)
+    details.update(_host_conditions(speed))
+    result = decide("speed", label, speed["speedup"], interval, policy.min_speedup, policy=policy, unit="x",
+                    hint=hint, details=details)
+    pre = speed.get("preflight") or {}
+    if pre.get("warning") and pre.get("option") == "warn":
+        return replace(result, reason=f"{result.reason}; {pre['warning']} (the run was widened: "
+                       f"{_widened(pre.get('widened', {}))})")
+    return result
+
+
+def _widened(widened: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {old:g} -> {new:g}" for key, (old, new) in widened.items()) or "nothing"
+
+
+def _host_conditions(speed: dict[str, Any]) -> dict[str, Any]:
+    """The speed run's noise preflight and energy figures, for the verdict's details."""
+    details: dict[str, Any] = {}
+    pre = speed.get("preflight")
+    if pre:
+        details["preflight"] = {"noise": pre["noise"], "option": pre["option"], "findings": pre["findings"],
+                                "summary": pre["summary"], "widened": _widened(pre.get("widened", {}))}
+    if "energy" in speed:
+        details["energy"] = {k: v for k, v in speed["energy"].items() if k in ENERGY_DETAILS}
+    return details
+
+
+ENERGY_DETAILS = ("available", "reason", "per", "energy_ratio", "energy_ratio_is", "baseline", "candidate", "total_of",
+                  "scope")
 
 
 def memory_gate(base: dict[str, Any], cand: dict[str, Any], policy: Policy, hint: str) -> GateResult:

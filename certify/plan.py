@@ -28,6 +28,7 @@ else:  # pragma: no cover
 
 _REQUIRED = object()
 DEVICE_PREFIXES = ("AUTO", "HETERO", "MULTI")
+NOISE_OPTIONS = ("warn", "refuse", "ignore")  # measure.noise: see certify.measure.preflight
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Measure:
     seed: int = 0
     threads: int = 0
     memory_limit_mib: int = 0  # each worker's data-segment limit (RLIMIT_DATA); 0 = none
+    noise: str = "warn"  # a too-noisy host (speed preflight): measure widened and warn, refuse (ERROR), or ignore
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,8 @@ def _measure(top: _Table) -> Measure:
     values: dict[str, Any] = {}
     for key in defaults.__dataclass_fields__:
         default = getattr(defaults, key)
+        if isinstance(default, str):
+            continue
         typ = (int, float) if isinstance(default, float) else int
         value = table.get(key, typ, default)
         if value < 0 or (key not in ("threads", "seed", "memory_limit_mib") and value == 0):
@@ -322,7 +326,18 @@ def _measure(top: _Table) -> Measure:
         raise table.error("min_iterations", "is larger than max_iterations")
     if values["min_duration_s"] > values["max_duration_s"]:
         raise table.error("min_duration_s", "is larger than max_duration_s")
-    return Measure(**values)
+    return Measure(**values, noise=_noise(table))
+
+
+def _noise(table: _Table) -> str:
+    noise: str = table.get("noise", str, "warn")
+    if noise not in NOISE_OPTIONS:
+        raise table.error("noise", f"must be 'warn', 'refuse' or 'ignore', got {noise!r}"
+                          f"{did_you_mean(noise, NOISE_OPTIONS)}",
+                          hint="on a host the speed preflight finds too noisy: 'warn' measures a widened run and "
+                          "says so in the verdict, 'refuse' makes the speed gate an ERROR, 'ignore' neither widens "
+                          "nor warns (the preflight is still recorded)")
+    return noise
 
 
 def _model(table: _Table, base: Path, threads: int) -> ModelPlan:

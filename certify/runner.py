@@ -22,7 +22,7 @@ from certify.errors import CertifyError
 from certify.evidence import EvidenceStore
 from certify.gates import GateResult
 from certify.hardware import Host
-from certify.measure import accuracy, dataset, footprint, speed
+from certify.measure import accuracy, dataset, footprint, preflight, speed
 from certify.measure.worker import MEMORY_LIMIT_ENV
 from certify.metrics import METRICS
 from certify.plan import ModelPlan, ModelRef, Plan
@@ -88,6 +88,9 @@ class CertificationRun:
             return GATES[case.gate](self, case, measurement)
         except dataset.DatasetError as exc:
             return gates.errored(case.gate, exc.diagnostics())
+        except preflight.HostTooNoisy as exc:  # measure.noise = "refuse": the host, not a model, is at fault
+            measurement.update(preflight=exc.preflight)
+            return gates.errored(case.gate, exc.message, hint=exc.hint)
         except CertifyError as exc:
             if exc.role == "baseline":
                 return gates.errored(case.gate, f"baseline {case.model.baseline.name!r} failed: {exc.message}",

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from certify.measure import stats
+from certify.measure import energy, preflight, stats
 from certify.measure.client import WorkerClient
 from certify.plan import Measure, ModelRef
 
@@ -33,15 +33,40 @@ class SpeedRun:
     rewarm: int = 1  # untimed iterations before each block
     rounds: int = 0
     mode: str = "infer"  # what one iteration is: an inference, or one generated token ("decode")
+    meter: energy.Meter | None = None  # energy counters read around each block, where the host has any
+    energy_problem: str = ""  # why energy is not reported, when a counter failed during the run
+    joules: dict[str, list[list[float]]] = field(default_factory=lambda: {"baseline": [], "candidate": []})
+    block_s: dict[str, list[float]] = field(default_factory=lambda: {"baseline": [], "candidate": []})
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self.baseline_ns), np.concatenate(self.candidate_ns)
 
+    def read_energy(self) -> list[float] | None:
+        if self.meter is None:
+            return None
+        try:
+            return self.meter.read()
+        except (OSError, ValueError) as exc:  # a counter that stops reading mid-run: report no energy at all
+            self.meter, self.energy_problem = None, f"an energy counter failed during the run: {exc}"
+            return None
+
+    def energy_figures(self, unavailable: str) -> dict[str, Any]:
+        """The run's energy figures, or why there are none (never an estimate)."""
+        if self.meter is None or not self.joules["candidate"]:
+            return energy.unavailable(self.energy_problem or unavailable or "no block was measured")
+        figures = energy.summarize(self.meter, (self.joules["baseline"], self.block_s["baseline"]),
+                                   (self.joules["candidate"], self.block_s["candidate"]), self.block + self.rewarm)
+        return {**figures, "per": "token" if self.mode == "decode" else "prompt" if self.mode == "prompt"
+                else "inference"}
+
 
 def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndarray], measure: Measure,
                   threshold: float, confidence: float, mode: str = "infer") -> dict[str, Any]:
-    """Returns the evidence of a paired speed run: samples, summaries, speedup with interval, stop reason.
-    ``mode = "decode"`` times language-model generation: one iteration is one token appended to the context."""
+    """Returns the evidence of a paired speed run: samples, summaries, speedup with interval, stop reason, the
+    host's noise preflight and, where the host has energy counters, joules per inference (else why not).
+    ``mode = "decode"`` times language-model generation: one iteration is one token appended to the context.
+    Raises ``preflight.HostTooNoisy`` when the host is too noisy and the plan says ``measure.noise = "refuse"``."""
+    measure, checked, meter, no_energy = _host_check(measure, confidence)
     with WorkerClient("baseline", baseline, measure.timeout_s) as a, \
             WorkerClient("candidate", candidate, measure.timeout_s) as b:
         loaded = {"baseline": a.call("load", ref=baseline), "candidate": b.call("load", ref=candidate)}
@@ -50,7 +75,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations, mode=mode))
                 for w in (a, b)]
         block = max(1, int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)))
-        run = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE)), mode=mode)
+        run = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE)), mode=mode, meter=meter)
         started = time.monotonic()
         stop = _interleave(a, b, run, measure, threshold, confidence, started)
         elapsed = time.monotonic() - started
@@ -66,7 +91,21 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         "candidate": {"latency": stats.summarize(cand_ns), "drift": stats.drift(cand_ns),
                       **_where(loaded["candidate"])},
         "baseline_ns": base_ns.tolist(), "candidate_ns": cand_ns.tolist(),
+        "preflight": checked, "energy": run.energy_figures(no_energy),
+        "bounds": {"min_duration_s": measure.min_duration_s, "max_duration_s": measure.max_duration_s,
+                   "min_iterations": measure.min_iterations, "max_iterations": measure.max_iterations},
     }
+
+
+def _host_check(measure: Measure, confidence: float) -> tuple[Measure, dict[str, Any], energy.Meter | None, str]:
+    """Before the workers start: the noise preflight (raises ``HostTooNoisy`` under ``refuse``), the measure bounds
+    it widened, and the energy meter (or why there is none)."""
+    checked = preflight.run_preflight(measure.noise, confidence)
+    preflight.check(checked)
+    measure, widened = preflight.widen(measure, checked)
+    checked["widened"] = widened
+    meter, no_energy = energy.open_meter()
+    return measure, checked, meter, no_energy
 
 
 def _where(loaded: dict[str, Any]) -> dict[str, Any]:
@@ -77,9 +116,8 @@ def _interleave(a: WorkerClient, b: WorkerClient, run: SpeedRun, measure: Measur
                 threshold: float, confidence: float, started: float) -> str:
     last_check = started
     while True:
-        for worker, side in ((a, run.baseline_ns), (b, run.candidate_ns), (b, run.candidate_ns),
-                             (a, run.baseline_ns)):
-            side.append(worker.call("run", key="speed", iterations=run.block, rewarm=run.rewarm, mode=run.mode))
+        for worker, role in ((a, "baseline"), (b, "candidate"), (b, "candidate"), (a, "baseline")):
+            _block(worker, role, run)
         run.rounds += 1
         elapsed, n = time.monotonic() - started, run.rounds * 2 * run.block
         if n >= measure.max_iterations:
@@ -92,6 +130,18 @@ def _interleave(a: WorkerClient, b: WorkerClient, run: SpeedRun, measure: Measur
             last_check = time.monotonic()
             if _decisive(run, threshold, confidence, measure.seed):
                 return "decisive"
+
+
+def _block(worker: WorkerClient, role: str, run: SpeedRun) -> None:
+    """One block of timed iterations in ``worker``; the energy counters are read just before and after the call,
+    never between the worker's clock reads."""
+    before, started = run.read_energy(), time.monotonic()
+    times = worker.call("run", key="speed", iterations=run.block, rewarm=run.rewarm, mode=run.mode)
+    seconds, after = time.monotonic() - started, run.read_energy()
+    (run.baseline_ns if role == "baseline" else run.candidate_ns).append(times)
+    if before is not None and after is not None and run.meter is not None:
+        run.joules[role].append(run.meter.joules(before, after))
+        run.block_s[role].append(seconds)
 
 
 def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> bool:
@@ -118,4 +168,5 @@ def language_model_figures(prompt: dict[str, Any], generation: dict[str, Any], p
         "prompt_speedup": {"value": prompt["speedup"], "interval": prompt["interval"], "samples": prompt["samples"]},
         "generation_speedup": {"value": generation["speedup"], "interval": generation["interval"],
                                "samples": generation["samples"]},
+        "energy": {"prompt": prompt.get("energy"), "generation": generation.get("energy")},  # per prompt, per token
     }
