@@ -61,9 +61,10 @@ def decide(gate: str, label: str, value: float, interval: tuple[float, float] | 
     if interval is not None:
         ci = f" ({policy.confidence:.0%} CI {_fmt(interval[0], unit)} to {_fmt(interval[1], unit)})"
     point_ok = value >= threshold if higher_is_better else value <= threshold
+    straddles = interval is not None and min(interval) < threshold < max(interval)
     if ok:
         reason = f"{label} {_fmt(value, unit)}{ci} {cmp} {_fmt(threshold, unit)}"
-    elif point_ok:
+    elif point_ok or straddles:  # either side of the threshold is still possible: say so, whichever the point
         reason = (f"{label} {_fmt(value, unit)} but its interval{ci} does not clear {_fmt(threshold, unit)}: "
                   "not decisive (measure longer, or on a quieter machine)")
     else:

@@ -74,7 +74,9 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
             worker.call("feeds", key="speed", arrays=feeds)
         warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations, mode=mode))
                 for w in (a, b)]
-        block = max(1, int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)))
+        # ~0.1 s blocks, but small enough that max_iterations still allows the rounds a decision needs
+        block = max(1, min(int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)),
+                           measure.max_iterations // (2 * MIN_ROUNDS_TO_DECIDE)))
         run = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE)), mode=mode, meter=meter)
         started = time.monotonic()
         stop = _interleave(a, b, run, measure, threshold, confidence, started)

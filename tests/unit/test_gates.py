@@ -380,3 +380,10 @@ def test_a_result_read_back_from_the_evidence_is_the_same_result() -> None:
     result = gates.speed_gate(_speed(3.0, (2.8, 3.2)), DEFAULT, HINT)
     assert gates.GateResult.from_dict(result.to_dict()) == result
     assert gates.GateResult.from_dict(gates.not_evaluated("memory", "no device").to_dict()).interval is None
+
+
+def test_a_straddling_interval_is_not_decisive_even_when_the_point_misses() -> None:
+    result = decide("speed", "speedup", 1.95, (1.8, 2.1), 2.0, policy=DEFAULT, unit="x")
+    assert result.verdict == FAIL and "not decisive" in result.reason  # a truly faster model is still possible
+    clear = decide("speed", "speedup", 1.5, (1.4, 1.6), 2.0, policy=DEFAULT, unit="x")
+    assert "not decisive" not in clear.reason and "required >= 2x" in clear.reason

@@ -244,3 +244,17 @@ def test_a_noisy_host_widens_a_real_speed_run_and_records_it(
     assert run["preflight"]["widened"]["max_duration_s"] == [0.3, 0.6]
     assert run["bounds"]["max_duration_s"] == 0.6 and run["bounds"]["min_duration_s"] == 0.4
     assert run["duration_s"] >= 0.4 and run["stop_reason"] in ("decisive", "max_duration") and "energy" in run
+
+
+def test_a_tight_iteration_cap_still_leaves_the_rounds_a_decision_needs(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from certify.measure import speed
+    from certify.plan import ModelRef
+
+    monkeypatch.setattr(preflight, "calibrate", lambda *a, **k: loop())
+    refs = [ModelRef(name=n, path=project / f"{n}.onnx", framework="onnxruntime", threads=1) for n in ("fp32", "int8")]
+    measure = Measure(warmup_iterations=5, min_iterations=20, max_iterations=320, min_duration_s=0.1,
+                      max_duration_s=30.0, bootstrap_resamples=200, threads=1, noise="ignore")
+    run = speed.measure_speed(refs[0], refs[1], {"": np.zeros((1, 16), np.float32)}, measure, 1.0, 0.95)
+    assert run["block_iterations"] <= 320 // (2 * speed.MIN_ROUNDS_TO_DECIDE)  # a µs model would get ~1000s
+    assert run["rounds"] >= speed.MIN_ROUNDS_TO_DECIDE or run["stop_reason"] == "decisive"
