@@ -1,13 +1,27 @@
-"""Benchmarks of the harness itself. Run: ``pytest benchmarks`` (needs the ``dev`` extra)."""
+"""Benchmarks of the harness itself. Run: ``pytest benchmarks -p no:cacheprovider -s`` (needs the ``dev`` extra).
+
+The whole session holds the machine-wide benchmark lock (``/tmp/bench.lock``, see ``bench_support.bench_lock``),
+so benchmark sessions of several engineers on one host run one after the other instead of disturbing each other.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from bench_support import bench_lock
 
 from certify.plan import load_plan
+
+
+@pytest.fixture(scope="session", autouse=True)
+def benchmark_lock() -> Iterator[dict[str, Any]]:
+    """Held for the whole session; tests record it (how long it waited, who held it) in their reports."""
+    with bench_lock() as lock:
+        yield lock
 
 
 @pytest.fixture(scope="session")
