@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import json
 import os
 import time
@@ -89,29 +88,11 @@ def bench_lock(path: Path = LOCK_PATH) -> Iterator[dict[str, Any]]:
 
 
 def build_mlp(path: Path, widths: Sequence[int], batch: int, seed: int = 0) -> Path:
-    """A float32 MLP (MatMul + Add + Relu, standard ops) with a *static* input 'x' [batch, widths[0]] and output
-    'y' [batch, widths[-1]]: static so OpenVINO's benchmark_app and the harness compile exactly the same model."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """The tests' float32 MLP with a *static* batch, so OpenVINO's benchmark_app and the harness compile exactly
+    the same model."""
+    from tests.helpers.models import build_mlp as build
 
-    rng = np.random.default_rng(seed)
-    nodes, inits, current = [], [], "x"
-    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
-        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(fan_out, np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
-        current = f"a{i}"
-        if i < len(widths) - 2:
-            nodes.append(helper.make_node("Relu", [current], [f"r{i}"]))
-            current = f"r{i}"
-    nodes.append(helper.make_node("Identity", [current], ["y"]))
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, widths[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, widths[-1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
+    return build(path, tuple(widths), seed=seed, batch=batch)
 
 
 def mlp_input(widths: Sequence[int], batch: int, seed: int = 1) -> np.ndarray:

@@ -95,29 +95,11 @@ class Worker:
 
     def _decode_run(self, key: str, iterations: int, rewarm: int) -> np.ndarray:
         tokens = [int(t) for t in self.feeds[key]["tokens"].reshape(-1)]
-        step, clock = self.backend.decode_step, time.perf_counter_ns
-        for i in range(rewarm):
-            step(tokens[i % len(tokens)])
-        times = np.empty(iterations, dtype=np.int64)
-        for i in range(iterations):
-            token = tokens[i % len(tokens)]
-            start = clock()
-            step(token)
-            times[i] = clock() - start
-        return times
+        return _timed_steps(self.backend.decode_step, tokens, iterations, rewarm)
 
     def _prompt_run(self, key: str, iterations: int, rewarm: int) -> np.ndarray:
         prompts = [np.ascontiguousarray(row) for row in self.feeds[key]["tokens"]]
-        prefill, clock = self.backend.prefill, time.perf_counter_ns
-        for i in range(rewarm):
-            prefill(prompts[i % len(prompts)])
-        times = np.empty(iterations, dtype=np.int64)
-        for i in range(iterations):
-            prompt = prompts[i % len(prompts)]
-            start = clock()
-            prefill(prompt)
-            times[i] = clock() - start
-        return times
+        return _timed_steps(self.backend.prefill, prompts, iterations, rewarm)
 
     def cmd_tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self.backend.tokenize(text)]
@@ -152,6 +134,21 @@ class Worker:
     def cmd_exit(self) -> None:
         if self.backend is not None:
             self.backend.close()
+
+
+def _timed_steps(step: Any, inputs: list[Any], iterations: int, rewarm: int) -> np.ndarray:
+    """Time ``step(x)`` for each iteration, ``x`` taken from ``inputs`` in turn (the same sequence on both sides of
+    a paired run), after ``rewarm`` untimed steps; only the call sits between the clock reads."""
+    clock = time.perf_counter_ns
+    for i in range(rewarm):
+        step(inputs[i % len(inputs)])
+    times = np.empty(iterations, dtype=np.int64)
+    for i in range(iterations):
+        x = inputs[i % len(inputs)]
+        start = clock()
+        step(x)
+        times[i] = clock() - start
+    return times
 
 
 MEMORY_LIMIT_ENV = "CERTIFY_WORKER_MEMORY_LIMIT_MIB"

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
-def build_mlp(path: Path, widths: tuple[int, ...] = (16, 32, 4), seed: int = 0) -> Path:
-    """A float32 MLP with standard ops only: input 'x' [batch, widths[0]] -> output 'y' [batch, widths[-1]]."""
+def build_mlp(path: Path, widths: tuple[int, ...] = (16, 32, 4), seed: int = 0, batch: int | str = "batch") -> Path:
+    """A float32 MLP with standard ops only: input 'x' [batch, widths[0]] -> output 'y' [batch, widths[-1]]; the
+    batch dimension is dynamic unless ``batch`` is a number (a static shape, as OpenVINO's benchmark_app wants)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -25,8 +26,8 @@ def build_mlp(path: Path, widths: tuple[int, ...] = (16, 32, 4), seed: int = 0) 
             nodes.append(helper.make_node("Relu", [current], [f"r{i}"]))
             current = f"r{i}"
     nodes.append(helper.make_node("Identity", [current], ["y"]))
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", widths[0]])]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", widths[-1]])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, widths[0]])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, widths[-1]])]
     graph = helper.make_graph(nodes, "mlp", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
