@@ -93,20 +93,19 @@ def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
         details["language_model"] = lm
         ttft = (f"time to first token {base['time_to_first_token_ms']['p50']:.3g} -> "
                 f"{cand['time_to_first_token_ms']['p50']:.3g} ms")
-        if speed.get("mode") == "decode":
-            details.update(baseline_tokens_per_s=base["generation_tokens_per_s"],
-                           candidate_tokens_per_s=cand["generation_tokens_per_s"])
-            label = (f"generation speedup ({base['generation_tokens_per_s']:.4g} -> "
-                     f"{cand['generation_tokens_per_s']:.4g} tokens/s at the median, {speed['samples']} paired "
-                     f"tokens; prompt processing {base['prompt_tokens_per_s']:.4g} -> "
-                     f"{cand['prompt_tokens_per_s']:.4g} tokens/s, {ttft}, not gated)")
+        gated, other = ("generation", "prompt") if speed.get("mode") == "decode" else ("prompt", "generation")
+
+        def rates(kind: str) -> str:
+            return f"{base[kind + '_tokens_per_s']:.4g} -> {cand[kind + '_tokens_per_s']:.4g} tokens/s"
+
+        details.update(baseline_tokens_per_s=base[gated + "_tokens_per_s"],
+                       candidate_tokens_per_s=cand[gated + "_tokens_per_s"])
+        if gated == "generation":
+            label = (f"generation speedup ({rates('generation')} at the median, {speed['samples']} paired tokens; "
+                     f"prompt processing {rates(other)}, {ttft}, not gated)")
         else:
-            details.update(baseline_tokens_per_s=base["prompt_tokens_per_s"],
-                           candidate_tokens_per_s=cand["prompt_tokens_per_s"])
-            label = (f"prompt processing speedup ({base['prompt_tokens_per_s']:.4g} -> "
-                     f"{cand['prompt_tokens_per_s']:.4g} tokens/s, {ttft}, {speed['samples']} paired "
-                     f"{lm['prompt_tokens']}-token prompts; generation {base['generation_tokens_per_s']:.4g} -> "
-                     f"{cand['generation_tokens_per_s']:.4g} tokens/s, not gated)")
+            label = (f"prompt processing speedup ({rates('prompt')}, {ttft}, {speed['samples']} paired "
+                     f"{lm['prompt_tokens']}-token prompts; generation {rates(other)}, not gated)")
     interval = (speed["interval"][0], speed["interval"][1])
     details.update(_host_conditions(speed))
     result = decide("speed", label, speed["speedup"], interval, policy.min_speedup, policy=policy, unit="x",
