@@ -122,7 +122,8 @@ def _widened(widened: dict[str, Any]) -> str:
 
 
 def _host_conditions(speed: dict[str, Any]) -> dict[str, Any]:
-    """The speed run's noise preflight and energy figures, for the verdict's details."""
+    """The speed run's noise preflight, energy figures and how its interval was found, for the verdict's
+    details."""
     details: dict[str, Any] = {}
     pre = speed.get("preflight")
     if pre:
@@ -130,6 +131,9 @@ def _host_conditions(speed: dict[str, Any]) -> dict[str, Any]:
                                 "summary": pre["summary"], "widened": _widened(pre.get("widened", {}))}
     if "energy" in speed:
         details["energy"] = {k: v for k, v in speed["energy"].items() if k in ENERGY_DETAILS}
+    if "interval_method" in speed:
+        details["interval"] = {"method": speed["interval_method"], "bootstrap": speed["bootstrap_interval"],
+                               "windows": speed["window_interval"], "window_speedups": speed["window_speedups"]}
     return details
 
 
@@ -175,8 +179,13 @@ def stability_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResu
     details = {"p99_over_p50": tail, "robust_cv": lat["robust_cv"], "cv": lat["cv"], "drift": drift,
                "candidate_drift": speed["candidate"]["drift"], "baseline_drift": speed["baseline"]["drift"],
                "samples": speed["samples"]}
+    pre = speed.get("preflight") or {}
+    if pre:
+        details["host_noise"] = pre["noise"]
     if broken:
-        return GateResult("stability", FAIL, f"latency unstable: {'; '.join(broken)}", tail, None,
+        noisy = f" (the host was {pre['noise'].replace('_', ' ')} when measured: {pre['summary']})" \
+            if pre.get("noise", "quiet") != "quiet" else ""
+        return GateResult("stability", FAIL, f"latency unstable: {'; '.join(broken)}{noisy}", tail, None,
                           policy.max_p99_over_p50, "<=", "x", hint, details)
     return GateResult("stability", PASS, f"latency stable: {summary}", tail, None, policy.max_p99_over_p50,
                       "<=", "x", "", details)

@@ -208,7 +208,7 @@ class CertificationRun:
     def stability(self, case: Case, measurement: dict[str, Any]) -> GateResult:
         run = self.paired_speed(case)
         measurement.update({k: run[k] for k in ("candidate", "samples", "duration_s", "stop_reason")},
-                           candidate_ns=run["candidate_ns"])
+                           candidate_ns=run["candidate_ns"], preflight=run.get("preflight"))
         return gates.stability_gate(run, self.plan.policy_for(case.candidate), self.hint(case))
 
     def memory(self, case: Case, measurement: dict[str, Any]) -> GateResult:

@@ -37,9 +37,11 @@ with intervals up to 55% of the estimate wide. A preflight is a snapshot: one ru
 to 7.4x (6.5-11.2) as the load changed during it.
 
 What happens: ``quiet`` measures as planned; ``noisy`` widens the run (``widen``: duration bounds and iteration
-cap doubled) and says so in the evidence and the verdict's details; ``too_noisy`` also widens, and the speed
-verdict's reason warns "host too noisy for the requested confidence: ..."; under ``measure.noise = "refuse"``
-the gate is an ERROR instead (``HostTooNoisy``), with nothing measured; ``"ignore"`` neither widens nor warns.
+cap doubled, and no decisive stop before ``NOISY_MIN_DECISIVE_S``, so each of the speed interval's windows spans
+a second or more of the host's changing states) and says so in the evidence and the verdict's details;
+``too_noisy`` also widens, and the speed verdict's reason warns "host too noisy for the requested confidence:
+..."; under ``measure.noise = "refuse"`` the gate is an ERROR instead (``HostTooNoisy``), with nothing
+measured; ``"ignore"`` neither widens nor warns.
 The preflight is recorded in every speed run's evidence whatever the option.
 """
 
@@ -63,6 +65,7 @@ CALIBRATION_BUDGET_S = 0.6
 REP_TARGET_S = 0.0025  # one timed repetition of the loop lasts about this long on this host
 TOP_PROCESSES = 5
 WIDEN_FACTOR = 2.0
+NOISY_MIN_DECISIVE_S = 8.0  # the speed interval's 8 windows of at least 1 s each
 INF = float("inf")
 # figure -> (noisy from, too noisy from); the module docstring says where the numbers come from
 THRESHOLDS: dict[str, tuple[float, float]] = {
@@ -285,11 +288,14 @@ def describe(preflight: dict[str, Any]) -> str:
 
 def widen(measure: Measure, preflight: dict[str, Any]) -> tuple[Measure, dict[str, Any]]:
     """The measure bounds to use: on a noisy host (unless the plan says ``ignore``) the run may last twice as long
-    and twice as many iterations, and must run twice the minimum duration before it may stop as decisive."""
+    and twice as many iterations, and must run twice the minimum duration, and at least ``NOISY_MIN_DECISIVE_S``,
+    before it may stop as decisive."""
     if preflight["noise"] == QUIET or preflight["option"] == "ignore":
         return measure, {}
-    wider = replace(measure, min_duration_s=measure.min_duration_s * WIDEN_FACTOR,
-                    max_duration_s=measure.max_duration_s * WIDEN_FACTOR,
+    max_duration = measure.max_duration_s * WIDEN_FACTOR
+    wider = replace(measure, min_duration_s=min(max(measure.min_duration_s * WIDEN_FACTOR, NOISY_MIN_DECISIVE_S),
+                                                max_duration),
+                    max_duration_s=max_duration,
                     max_iterations=int(measure.max_iterations * WIDEN_FACTOR))
     return wider, {key: [getattr(measure, key), getattr(wider, key)]
                    for key in ("min_duration_s", "max_duration_s", "max_iterations")}

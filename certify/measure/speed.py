@@ -23,6 +23,8 @@ REWARM_SHARE = 0.1  # untimed iterations at the start of each block, to refill c
 CHECK_EVERY_S = 0.5  # how often to test for a decisive verdict
 INTERIM_RESAMPLES = 400
 MIN_ROUNDS_TO_DECIDE = 8  # 16 blocks a side: too few blocks make a block bootstrap overconfident
+INTERVAL_METHOD = (f"the wider of a paired block bootstrap and a t interval over {stats.WINDOWS} consecutive "
+                   "windows' speedups")
 
 
 @dataclass
@@ -82,12 +84,14 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         stop = _interleave(a, b, run, measure, threshold, confidence, started)
         elapsed = time.monotonic() - started
     base_ns, cand_ns = run.arrays()
-    speedup, interval = stats.ratio_of_medians(base_ns, cand_ns, resamples=measure.bootstrap_resamples,
-                                               seed=measure.seed, confidence=confidence, block=run.block)
+    found = stats.speedup(base_ns, cand_ns, resamples=measure.bootstrap_resamples, seed=measure.seed,
+                          confidence=confidence, block=run.block)
     return {
-        "speedup": speedup, "interval": list(interval), "confidence": confidence, "stop_reason": stop,
+        "speedup": found.value, "interval": list(found.interval), "confidence": confidence, "stop_reason": stop,
         "duration_s": elapsed, "rounds": run.rounds, "block_iterations": block, "order": "ABBA", "mode": mode,
         "bootstrap": "paired blocks", "block_rewarm_iterations": run.rewarm,
+        "interval_method": INTERVAL_METHOD, "bootstrap_interval": list(found.bootstrap),
+        "window_interval": list(found.windows) if found.windows else None, "window_speedups": found.window_ratios,
         "samples": int(base_ns.size), "warmup_iterations": measure.warmup_iterations,
         "baseline": {"latency": stats.summarize(base_ns), "drift": stats.drift(base_ns), **_where(loaded["baseline"])},
         "candidate": {"latency": stats.summarize(cand_ns), "drift": stats.drift(cand_ns),
@@ -148,8 +152,8 @@ def _block(worker: WorkerClient, role: str, run: SpeedRun) -> None:
 
 def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> bool:
     base_ns, cand_ns = run.arrays()
-    _, (low, high) = stats.ratio_of_medians(base_ns, cand_ns, resamples=INTERIM_RESAMPLES, seed=seed,
-                                            confidence=confidence, block=run.block)
+    low, high = stats.speedup(base_ns, cand_ns, resamples=INTERIM_RESAMPLES, seed=seed, confidence=confidence,
+                              block=run.block).interval
     return low >= threshold or high < threshold
 
 

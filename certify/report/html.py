@@ -246,10 +246,38 @@ def speed_view(case: str, result: dict[str, Any] | None, latest: dict[tuple[str,
              ("candidate p50", fmt_value(number(details.get("candidate_p50_ms")), "ms")),
              ("paired samples", _plain(details.get("samples"))), ("stopped", _plain(details.get("stop_reason"))),
              ("duration", fmt_value(number(details.get("duration_s")), " s")),
-             ("executed on", _plain(details.get("executed_device")))]
+             ("executed on", _plain(details.get("executed_device"))), *_host_facts(details)]
     chart = charts.speedup_chart([row], number(thresholds.get("min_speedup")), FIGURE_WIDTH) if row else ""
     return {**(_figure(result) if result and row else {}), "facts": [f for f in facts if f[1]],
             "chart": Markup(chart), "latency": Markup(charts.latency_chart(samples_b, samples_c))}
+
+
+def _host_facts(details: dict[str, Any]) -> list[tuple[str, str]]:
+    """How the speed interval was found, how noisy the host was and what energy was measured (or why none)."""
+    facts = []
+    interval = details.get("interval") or {}
+    if interval:
+        windows = interval.get("windows")
+        facts.append(("interval", f"{interval['method']}: bootstrap {_range(interval['bootstrap'])}, windows "
+                      + (_range(windows) if windows else "too few to use")))
+    pre = details.get("preflight") or {}
+    if pre:
+        widened = pre.get("widened")
+        facts.append(("host noise", f"{pre['noise']} ({pre['summary']})"
+                      + (f"; run widened: {widened}" if widened and widened != "nothing" else "")))
+    energy = details.get("energy") or {}
+    if energy.get("available"):
+        base, cand = energy["baseline"], energy["candidate"]
+        per = energy.get("per", "inference")
+        facts.append(("energy", f"{base['joules_per_inference']:.4g} -> {cand['joules_per_inference']:.4g} J per "
+                      f"{per} ({', '.join(energy.get('total_of', []))})"))
+    elif energy:
+        facts.append(("energy", f"not available: {energy.get('reason', 'no counter')}"))
+    return facts
+
+
+def _range(bounds: list[float]) -> str:
+    return f"{bounds[0]:.4g}-{bounds[1]:.4g}"
 
 
 def memory_figures(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],

@@ -133,9 +133,13 @@ def test_a_noisy_host_widens_the_run_unless_ignored() -> None:
     assert preflight.widen(measure, record_of("quiet")) == (measure, {})
     assert preflight.widen(measure, record_of("too_noisy", "ignore")) == (measure, {})
     wider, widened = preflight.widen(measure, record_of("noisy"))
-    assert (wider.min_duration_s, wider.max_duration_s, wider.max_iterations) == (2.0, 8.0, 2000)
-    assert widened == {"min_duration_s": [1.0, 2.0], "max_duration_s": [4.0, 8.0], "max_iterations": [1000, 2000]}
+    assert (wider.min_duration_s, wider.max_duration_s, wider.max_iterations) == (8.0, 8.0, 2000)
+    assert widened == {"min_duration_s": [1.0, 8.0], "max_duration_s": [4.0, 8.0], "max_iterations": [1000, 2000]}
     assert wider.min_iterations == measure.min_iterations
+    long = Measure(min_duration_s=5.0, max_duration_s=30.0)
+    assert preflight.widen(long, record_of("noisy"))[0].min_duration_s == 10.0  # doubled when that is longer
+    short = Measure(min_duration_s=0.5, max_duration_s=3.0)  # the windows need 8 s: the run may not stop before
+    assert preflight.widen(short, record_of("noisy"))[0].min_duration_s == 6.0  # its widened maximum
 
 
 def test_refuse_raises_only_on_a_too_noisy_host() -> None:
@@ -207,6 +211,17 @@ def test_the_speed_verdict_warns_on_a_too_noisy_host_and_says_what_was_widened()
     assert "too noisy" not in ignored.reason and ignored.details["preflight"]["widened"] == "nothing"
 
 
+def test_a_stability_failure_on_a_noisy_host_says_the_host_was_noisy() -> None:
+    run = speed_run({**record_of("noisy"), "widened": {}})
+    run["candidate"]["latency"].update(p50_ms=1.0, p99_ms=9.0)  # p99/p50 9 > 3
+    run["candidate"]["drift"] = run["baseline"]["drift"] = 0.0
+    failed = gates.stability_gate(run, POLICIES["edge-default"], "")
+    assert failed.verdict == gates.FAIL and failed.details["host_noise"] == "noisy"
+    assert failed.reason.endswith("(the host was noisy when measured: calibration robust CV 0.2 >= 0.1; ...)")
+    quiet = gates.stability_gate({**run, "preflight": record_of("quiet")}, POLICIES["edge-default"], "")
+    assert quiet.verdict == gates.FAIL and "host was" not in quiet.reason and quiet.details["host_noise"] == "quiet"
+
+
 def too_noisy_loop(*_: Any, **__: Any) -> dict[str, Any]:
     return loop(robust_cv=0.3, p90_over_p50=2.6)
 
@@ -242,8 +257,8 @@ def test_a_noisy_host_widens_a_real_speed_run_and_records_it(
     run = speed.measure_speed(refs[0], refs[1], {"": np.zeros((1, 16), np.float32)}, measure, 1.0, 0.95)
     assert run["preflight"]["noise"] == "noisy" and run["preflight"]["option"] == "warn"
     assert run["preflight"]["widened"]["max_duration_s"] == [0.3, 0.6]
-    assert run["bounds"]["max_duration_s"] == 0.6 and run["bounds"]["min_duration_s"] == 0.4
-    assert run["duration_s"] >= 0.4 and run["stop_reason"] in ("decisive", "max_duration") and "energy" in run
+    assert run["bounds"]["max_duration_s"] == 0.6 and run["bounds"]["min_duration_s"] == 0.6
+    assert run["duration_s"] >= 0.6 and run["stop_reason"] in ("max_duration", "max_iterations") and "energy" in run
 
 
 def test_a_tight_iteration_cap_still_leaves_the_rounds_a_decision_needs(

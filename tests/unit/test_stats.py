@@ -207,3 +207,60 @@ def test_block_bootstrap_memory_is_bounded_on_long_runs() -> None:
     point, (low, high) = stats.ratio_of_medians(base, cand, resamples=200, seed=0, confidence=0.95, block=500)
     assert low <= point <= high and 2.9 < point < 3.1
     assert stats.MAX_BOOTSTRAP_CELLS // 200_000 >= 1  # 20 rows of 200k values at a time, not 200 x 200k
+
+
+# --- speedup: block bootstrap and window interval --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("p", "df", "table"), [(0.975, 4, 2.776), (0.975, 5, 2.571), (0.975, 7, 2.365),
+                                                 (0.975, 30, 2.042), (0.995, 4, 4.604), (0.995, 7, 3.499),
+                                                 (0.95, 5, 2.015)])
+def test_t_quantile_matches_the_table(p: float, df: int, table: float) -> None:
+    assert stats.t_quantile(p, df) == pytest.approx(table, rel=0.003)
+
+
+def _slow_states(rng: np.random.Generator, blocks: int, block: int, scale: float, stretch: int) -> np.ndarray:
+    """Host states lasting ``stretch`` blocks on end, each slowing this side by 0-15% (another tenant's job)."""
+    states = 1 + rng.uniform(0, 0.15, blocks // stretch + 1).repeat(stretch)[:blocks]
+    return scale * states.repeat(block) * rng.lognormal(0, 0.02, blocks * block)
+
+
+def test_window_interval_covers_the_truth_when_slow_host_states_hit_one_side() -> None:
+    covered = {"bootstrap": 0, "interval": 0}
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        base, cand = _slow_states(rng, 32, 100, 3e5, 8), 1e5 * rng.lognormal(0, 0.02, 3200)
+        found = stats.speedup(base, cand, resamples=400, seed=seed, confidence=0.95, block=100)
+        truth = 3.0 * 1.075  # the baseline's long-run median level
+        covered["bootstrap"] += found.bootstrap[0] <= truth <= found.bootstrap[1]
+        covered["interval"] += found.interval[0] <= truth <= found.interval[1]
+        assert found.windows is not None and len(found.window_ratios) == stats.WINDOWS
+    assert covered["bootstrap"] <= 20  # stretches of 8 blocks look like chance to a block bootstrap
+    assert covered["interval"] >= 34  # the windows' spread restores close to the nominal 95%
+
+
+def test_window_interval_costs_little_width_on_a_steady_host() -> None:
+    rng = np.random.default_rng(5)
+    base, cand = 3e5 * rng.lognormal(0, 0.05, 3200), 1e5 * rng.lognormal(0, 0.05, 3200)
+    found = stats.speedup(base, cand, resamples=400, seed=0, confidence=0.95, block=100)
+    boot_width, width = found.bootstrap[1] / found.bootstrap[0], found.interval[1] / found.interval[0]
+    assert found.interval[0] <= found.value <= found.interval[1]
+    assert width - 1 < 1.5 * (boot_width - 1)
+
+
+def test_too_few_windows_leave_the_bootstrap_interval_alone() -> None:
+    rng = np.random.default_rng(6)
+    base, cand = 3e5 * rng.lognormal(0, 0.05, 800), 1e5 * rng.lognormal(0, 0.05, 800)
+    found = stats.speedup(base, cand, resamples=200, seed=0, confidence=0.95, block=100)  # 8 blocks: 4 windows
+    assert len(found.window_ratios) == 4 and found.windows is None
+    assert found.interval == found.bootstrap
+
+
+def test_long_blocks_are_resampled_as_quantiles_with_the_same_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    base, cand = _plateaus(rng, 30, 2000, 3e5), _plateaus(rng, 30, 2000, 1e5)
+    point, summarized = stats.ratio_of_medians(base, cand, resamples=300, seed=1, confidence=0.95, block=2000)
+    monkeypatch.setattr(stats, "QUANTILES_PER_BLOCK", 10**6)
+    exact_point, exact = stats.ratio_of_medians(base, cand, resamples=300, seed=1, confidence=0.95, block=2000)
+    assert point == exact_point  # the point estimate always uses every sample
+    assert summarized == pytest.approx(exact, rel=0.002)
