@@ -26,6 +26,7 @@ import pytest
 from benchmarks.backends import spin_ref
 from benchmarks.helpers_repro import (
     NOT_DECISIVE,
+    REPORT_DIR,
     bench_lock,
     env_number,
     interval_side,
@@ -123,7 +124,11 @@ def print_table(title: str, summaries: dict[str, dict[str, Any]]) -> None:
 
 
 def save() -> None:
-    path = write_report("reproducibility.json", REPORT)
+    """Writes this session's sections over the report's, keeping a section of another run's when only one test
+    ran (``-k``)."""
+    path = REPORT_DIR / "reproducibility.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    path = write_report("reproducibility.json", {**earlier, **REPORT})
     print(f"\nwrote {path}")
 
 
