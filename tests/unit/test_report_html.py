@@ -258,6 +258,8 @@ def test_speed_facts_say_how_the_interval_was_found_how_noisy_the_host_was_and_w
     assert "host noise noisy (others busy 0.6 cores; load average 1.20 on 2 cores); run widened: min_duration_s " \
            "2 -> 8" in text
     assert "energy not available: no energy counter readable here: RAPL: no powercap" in text
+    measured = report[1].one("section", "candidate", data_case=case(ESCAPED)).text
+    assert "energy 0.00121 -> 0.00031 J per inference (rapl:package-0)" in measured
 
 
 def test_latency_chart_uses_the_latest_speed_record(report: tuple[str, Document]) -> None:
