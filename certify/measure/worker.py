@@ -117,12 +117,15 @@ class Worker:
         return np.concatenate(parts, axis=0)
 
     def cmd_memory(self) -> dict[str, Any]:
-        """The peak and current resident set, and how much of the current one is the model's own files mapped."""
+        """The peak and current resident set, and how much of the current one is the model's own files mapped.
+        Both are read first: finding the model's files may import onnx and parse the model (30 MB or more for
+        the demo's FP32 model), which is the harness's memory, not the model's."""
+        peak, now = memory.peak_bytes(), memory.rss_bytes()
         from certify.digests import model_files
 
         files = {os.path.realpath(f) for f in model_files(self.backend.ref.file)} if self.backend else set()
-        return {"rss_before": self.rss_before, "peak": memory.peak_bytes(), "rss_now": memory.rss_bytes(),
-                "peak_reset": self.peak_reset, "mapped_model": memory.mapped_bytes(files)}
+        return {"rss_before": self.rss_before, "peak": peak, "rss_now": now, "peak_reset": self.peak_reset,
+                "mapped_model": memory.mapped_bytes(files)}
 
     def cmd_check(self, module: str, function: str, **kwargs: Any) -> Any:
         """The in-worker part of a production-readiness gate: ``certify.checks.<module>.<function>(worker, ...)``
