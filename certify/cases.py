@@ -37,14 +37,10 @@ class Case:
         return marks
 
     def describe(self) -> dict[str, Any]:
-        """The case as results and evidence records name it (the keys are ``DESCRIBED``)."""
         return {"case": self.id, "model": self.model.name, "candidate": self.candidate.name, "gate": self.gate,
                 "framework": self.candidate.framework, "device": self.candidate.device,
                 "platforms": list(self.candidate.platforms), "markers": self.markers(),
                 "recipe": self.candidate.recipe.describe() if self.candidate.recipe else None}
-
-
-DESCRIBED = ("case", "model", "candidate", "gate", "framework", "device", "platforms", "markers", "recipe")
 
 
 def cases_for(plan: Plan, gate: str) -> list[Case]:

@@ -306,17 +306,15 @@ class CertifyReporter:
         return [e for e in self.state.entries.values() if "result" in e]
 
     def adopt_recorded(self) -> None:
-        """After an interruption: a case whose evidence record was written before pytest could report it (the
-        signal came in between) still counts, with the verdict its record holds."""
-        from certify.cases import DESCRIBED
+        """After an interruption: a case whose evidence record was written before pytest could report its call
+        (the signal came in between) still counts, with the verdict its record holds. Its entry exists from the
+        setup report, without a result."""
         from certify.evidence import EvidenceStore
 
-        reported = {e["nodeid"] for e in self.entries()}
         for record in EvidenceStore(self.state.run_dir).records():
-            nodeid = record.get("nodeid")
-            if nodeid and nodeid not in reported and float(record.get("started") or 0) >= self.state.started:
-                self.state.entries[nodeid] = {**{k: record[k] for k in DESCRIBED if k in record},
-                                              "nodeid": nodeid, "result": record["result"]}
+            entry = self.state.entries.get(record.get("nodeid", ""))
+            if entry is not None and "result" not in entry and float(record.get("started") or 0) >= self.state.started:
+                entry["result"] = record["result"]
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.state.interrupted:

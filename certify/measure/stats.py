@@ -73,7 +73,13 @@ def ratio_of_medians(baseline: np.ndarray, candidate: np.ndarray, *, resamples: 
     weighted blocks' quantiles is the median of their union to within a quantile step), which keeps
     the cost independent of the block length; the point estimate uses every sample.
     """
-    a, b = _paired_blocks(baseline, candidate, block)
+    return _block_bootstrap(*_paired_blocks(baseline, candidate, block), resamples=resamples, seed=seed,
+                            confidence=confidence)
+
+
+def _block_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int, seed: int,
+                     confidence: float) -> tuple[float, tuple[float, float]]:
+    """``ratio_of_medians`` of paired (blocks, block) arrays."""
     point = float(np.median(a) / np.median(b))
     a, b = _quantiles(a), _quantiles(b)
     blocks, width = a.shape
@@ -111,9 +117,9 @@ def t_quantile(p: float, df: int) -> float:
     return z + float(sum(term / df ** (power + 1) for power, term in enumerate(terms)))
 
 
-def window_ratios(baseline: np.ndarray, candidate: np.ndarray, block: int = 1) -> list[float]:
-    """The speedup in each of up to ``WINDOWS`` consecutive stretches of whole blocks (at least two blocks each)."""
-    a, b = _paired_blocks(baseline, candidate, block)
+def _window_ratios(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """The speedup in each of up to ``WINDOWS`` consecutive stretches of whole paired blocks (at least two blocks
+    each)."""
     count = min(WINDOWS, len(a) // 2)
     if count == 0:
         return []
@@ -149,9 +155,9 @@ class Speedup:
 
 def speedup(baseline: np.ndarray, candidate: np.ndarray, *, resamples: int, seed: int, confidence: float,
             block: int = 1) -> Speedup:
-    value, boot = ratio_of_medians(baseline, candidate, resamples=resamples, seed=seed, confidence=confidence,
-                                   block=block)
-    ratios = window_ratios(baseline, candidate, block)
+    a, b = _paired_blocks(baseline, candidate, block)
+    value, boot = _block_bootstrap(a, b, resamples=resamples, seed=seed, confidence=confidence)
+    ratios = _window_ratios(a, b)
     windows = window_interval(ratios, confidence)
     interval = boot if windows is None else (min(boot[0], windows[0]), max(boot[1], windows[1]))
     return Speedup(value, interval, boot, windows, ratios)

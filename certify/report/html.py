@@ -96,6 +96,10 @@ def fmt_value(value: float | None, unit: str) -> str:
     return "" if value is None else charts.fmt(value, unit)
 
 
+def fmt_interval(bounds: list[float], unit: str) -> str:
+    return f"{charts.fmt(bounds[0], unit)} \u2013 {charts.fmt(bounds[1], unit)}"
+
+
 def decisive_bound(result: dict[str, Any]) -> float | None:
     """The figure the gate decided on: the interval's lower bound for >=, upper for <=, else the estimate."""
     interval = result.get("interval")
@@ -208,7 +212,7 @@ def _interval_row(label: str, result: dict[str, Any]) -> IntervalRow | None:
 def _figure(result: dict[str, Any]) -> dict[str, str]:
     unit, interval = result.get("unit", ""), result.get("interval")
     return {"value": fmt_value(number(result.get("value")), unit),
-            "interval": f"{charts.fmt(interval[0], unit)} \u2013 {charts.fmt(interval[1], unit)}" if interval else "",
+            "interval": fmt_interval(interval, unit) if interval else "",
             "threshold": fmt_value(number(result.get("threshold")), unit), "verdict": result["verdict"]}
 
 
@@ -258,8 +262,8 @@ def _host_facts(details: dict[str, Any]) -> list[tuple[str, str]]:
     interval = details.get("interval") or {}
     if interval:
         windows = interval.get("windows")
-        facts.append(("interval", f"{interval['method']}: bootstrap {_range(interval['bootstrap'])}, windows "
-                      + (_range(windows) if windows else "too few to use")))
+        facts.append(("interval", f"{interval['method']}: bootstrap {fmt_interval(interval['bootstrap'], 'x')}, "
+                      f"windows {fmt_interval(windows, 'x') if windows else 'too few to use'}"))
     pre = details.get("preflight") or {}
     if pre:
         widened = pre.get("widened")
@@ -274,10 +278,6 @@ def _host_facts(details: dict[str, Any]) -> list[tuple[str, str]]:
     elif energy:
         facts.append(("energy", f"not available: {energy.get('reason', 'no counter')}"))
     return facts
-
-
-def _range(bounds: list[float]) -> str:
-    return f"{bounds[0]:.4g}-{bounds[1]:.4g}"
 
 
 def memory_figures(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],

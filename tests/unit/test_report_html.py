@@ -254,7 +254,7 @@ def test_speed_facts_say_how_the_interval_was_found_how_noisy_the_host_was_and_w
         report: tuple[str, Document]) -> None:
     text = report[1].one("section", "candidate", data_case=case("int8-dynamic")).text
     assert "interval the wider of a paired block bootstrap and a t interval over 8 consecutive windows' speedups: " \
-           "bootstrap 4.12-4.24, windows 4.1-4.26" in text
+           "bootstrap 4.12x \u2013 4.24x, windows 4.1x \u2013 4.26x" in text
     assert "host noise noisy (others busy 0.6 cores; load average 1.20 on 2 cores); run widened: min_duration_s " \
            "2 -> 8" in text
     assert "energy not available: no energy counter readable here: RAPL: no powercap" in text
