@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +108,14 @@ def test_the_memory_reading_leaves_out_the_harness_finding_the_model_files(
 
     if not memory.reset_peak():
         pytest.skip("this kernel cannot reset the peak resident set (/proc/self/clear_refs)")
-    held: list[bytearray] = []
+    held: list[mmap.mmap] = []
     real = certify.digests.model_files
 
     def costly_model_files(path: Path) -> list[Path]:
-        held.append(bytearray(os.urandom(1)) * (64 << 20))  # 64 MiB, every page touched
+        block = mmap.mmap(-1, 64 << 20)  # 64 MiB of fresh pages (a heap block could reuse resident memory)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+        held.append(block)
         return real(path)
 
     monkeypatch.setattr(certify.digests, "model_files", costly_model_files)
