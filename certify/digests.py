@@ -73,7 +73,7 @@ def _onnx_external_data(path: Path) -> list[Path]:
     except Exception:  # a corrupt model is the accuracy/speed gates' business: digest its bytes as they are
         return []
     folder, found = path.parent.resolve(), set()
-    for tensor in _tensors(model.graph):
+    for tensor in onnx_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -85,16 +85,32 @@ def _onnx_external_data(path: Path) -> list[Path]:
     return sorted(found)
 
 
-def _tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor of an ONNX graph: initializers and node attributes, subgraphs included."""
+def onnx_tensors(model: Any) -> Iterator[Any]:
+    """Every tensor of an ONNX model that can hold data: initializers, sparse initializers' values and indices,
+    node attributes, in subgraphs and in model-local function bodies."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: Any) -> Iterator[Any]:
     yield from graph.initializer
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Any) -> Iterator[Any]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            sparse = ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors)
+            for s in sparse:
+                yield from (s.values, s.indices)
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _tensors(sub)
+                yield from _graph_tensors(sub)
 
 
 def model_digest(path: Path) -> Digest:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.checks.check import FAIL, KIB, NOT_APPLICABLE, NOT_EVALUATED, PASS, WARN, Check
+from certify.digests import onnx_tensors
 from certify.errors import CertifyError
 
 ONNX_DOMAINS = frozenset({  # what onnx.defs and onnxruntime's CPU kernels implement: no custom-op library needed
@@ -62,8 +63,7 @@ def onnx_external_data(path: Path, model: Any, refused: CertifyError | None = No
 
 
 def _external_problem(folder: Path, tensor: str, location: str, offset: int, length: int | None) -> str:
-    """What is wrong with one tensor's external data, or ''. Tensors in local functions and sparse initializers,
-    which ``certify.digests`` does not walk, get the folder check here too."""
+    """What is wrong with one tensor's external data, or ''."""
     target = (folder / location).resolve()
     if not location or Path(location).is_absolute() or folder not in target.parents:
         return f"tensor {tensor!r}: external data {location!r} lies outside the model's folder"
@@ -79,7 +79,7 @@ def _external_problem(folder: Path, tensor: str, location: str, offset: int, len
 def _external_refs(model: Any) -> Iterator[tuple[str, str, int, int | None]]:
     import onnx
 
-    for tensor in _onnx_tensors(model):
+    for tensor in onnx_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {e.key: e.value for e in tensor.external_data}
@@ -93,32 +93,6 @@ def _int(text: str) -> int:
         return max(int(text), 0)
     except ValueError:
         return 0
-
-
-def _onnx_tensors(model: Any) -> Iterator[Any]:
-    yield from _graph_tensors(model.graph)
-    for function in model.functions:
-        yield from _node_tensors(function.node)
-
-
-def _graph_tensors(graph: Any) -> Iterator[Any]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes: Any) -> Iterator[Any]:
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            sparse = ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors)
-            for s in sparse:
-                yield from (s.values, s.indices)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graph_tensors(sub)
 
 
 def _onnx_nodes(nodes: Any) -> Iterator[Any]:

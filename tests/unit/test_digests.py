@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,16 +41,24 @@ def test_a_folder_covers_every_file_and_their_names(tmp_path: Path) -> None:
     assert model_digest(folder).sha256 != first.sha256  # same bytes, different layout
 
 
+def _external(name: str, array: np.ndarray, location: str) -> Any:
+    """A tensor whose data lives in ``location`` (not written here)."""
+    from onnx import TensorProto, numpy_helper
+
+    tensor = numpy_helper.from_array(array, name)
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    for key, value in (("location", location), ("offset", "0"), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
 def _external_data_model(folder: Path, location: str) -> Path:
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
-    weight.data_location = TensorProto.EXTERNAL
-    weight.ClearField("raw_data")
-    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
-        entry = weight.external_data.add()
-        entry.key, entry.value = key, value
+    weight = _external("w", np.ones((4, 4), np.float32), location)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
@@ -64,6 +73,31 @@ def test_onnx_external_data_is_part_of_the_model(tmp_path: Path) -> None:
     first = model_digest(path)
     assert [p for p, _ in first.files] == ["m.onnx", "m.weights"]
     (tmp_path / "m.weights").write_bytes(np.zeros((4, 4), np.float32).tobytes())
+    assert model_digest(path).sha256 != first.sha256
+
+
+def test_external_data_of_sparse_initializers_and_function_bodies_is_part_of_the_model(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    values, indices = np.ones(2, np.float32), np.array([0, 5], np.int64)
+    sparse = helper.make_sparse_tensor(_external("s", values, "sparse.values"),
+                                       _external("s_idx", indices, "sparse.indices"), [2, 4])
+    constant = helper.make_node("Constant", [], ["c"], value=_external("c", np.ones(4, np.float32), "function.bin"))
+    body = helper.make_function("local", "AddConstant", ["a"], ["b"],
+                                [constant, helper.make_node("Add", ["a", "c"], ["b"])], [helper.make_opsetid("", 17)])
+    graph = helper.make_graph([helper.make_node("AddConstant", ["x"], ["y"], domain="local")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], sparse_initializer=[sparse])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, functions=[body], opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]), str(path))
+    data = {"sparse.values": values, "sparse.indices": indices, "function.bin": np.ones(4, np.float32)}
+    for name, array in data.items():
+        (tmp_path / name).write_bytes(array.tobytes())
+    first = model_digest(path)
+    assert [p for p, _ in first.files] == ["function.bin", "m.onnx", "sparse.indices", "sparse.values"]
+    (tmp_path / "function.bin").write_bytes(np.zeros(4, np.float32).tobytes())
     assert model_digest(path).sha256 != first.sha256
 
 
