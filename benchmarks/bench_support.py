@@ -160,6 +160,17 @@ def block_ratios(harness_blocks: Sequence[float], native_blocks: Sequence[float]
     return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
 
 
+def latency_ratios(harness: dict[str, Any], native: dict[str, Any]) -> dict[str, Any]:
+    """harness / native of two arms' ``latency_figures``: pooled median and throughput, the quiet blocks' (the
+    asserts' figures) and the spread of per-round median ratios."""
+    return {"median_latency": ratio(harness["median_ms"], native["median_ms"]),
+            "throughput": ratio(harness["throughput_per_s"], native["throughput_per_s"]),
+            "quiet_blocks_latency": ratio(quiet_ms(harness["block_medians_ms"]), quiet_ms(native["block_medians_ms"])),
+            "quiet_blocks_throughput": ratio(quiet_rate(harness["block_throughput_per_s"]),
+                                             quiet_rate(native["block_throughput_per_s"])),
+            "per_round_latency": block_ratios(harness["block_medians_ms"], native["block_medians_ms"])}
+
+
 # --------------------------------------------------------------------------- reporting
 
 

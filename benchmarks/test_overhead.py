@@ -141,13 +141,7 @@ def compare_with_bare(ref: ModelRef, feeds: dict[str, np.ndarray], rounds: int, 
     return {"model": ref.name, "batch": batch, "threads": session.get_session_options().intra_op_num_threads,
             "harness_info_threads": loaded["info"]["intra_op_num_threads"], "rounds": rounds, "block": block,
             "harness": harness, "bare": native,
-            "ratio": {"median_latency": bs.ratio(harness["median_ms"], native["median_ms"]),
-                      "throughput": bs.ratio(harness["throughput_per_s"], native["throughput_per_s"]),
-                      "quiet_blocks_latency": bs.ratio(bs.quiet_ms(harness["block_medians_ms"]),
-                                                       bs.quiet_ms(native["block_medians_ms"])),
-                      "quiet_blocks_throughput": bs.ratio(bs.quiet_rate(harness["block_throughput_per_s"]),
-                                                          bs.quiet_rate(native["block_throughput_per_s"])),
-                      "per_round_latency": bs.block_ratios(harness["block_medians_ms"], native["block_medians_ms"])}}
+            "ratio": bs.latency_ratios(harness, native)}
 
 
 def test_harness_matches_bare_onnxruntime(smallest_demo_model, one_ms_model, benchmark_lock) -> None:  # type: ignore[no-untyped-def]
