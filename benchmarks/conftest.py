@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from bench_support import bench_lock
 
-from certify.plan import load_plan
+from certify.plan.load import load_plan
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.cli import suites_dir
-from certify.gates import PASS, GateResult
+from certify.verdict import PASS, GateResult
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_DIR = REPO / "reports" / "benchmarks"

@@ -35,9 +35,11 @@ from benchmarks.helpers_repro import (
     verdict_class,
     write_report,
 )
-from certify import gates
+from certify import verdict
+from certify.gates.speed import speed_gate
 from certify.measure import dataset, speed
-from certify.plan import Measure, ModelRef, load_plan
+from certify.plan import Measure, ModelRef
+from certify.plan.load import load_plan
 from certify.policy import POLICIES
 
 REPS = int(env_number("CERTIFY_BENCH_REPS", 20))
@@ -47,7 +49,7 @@ POLICY = POLICIES["edge-default"]  # min_speedup 2.0, decided on the 95% interva
 SYNTHETIC_MEASURE = Measure(warmup_iterations=10, min_iterations=30, max_iterations=200_000, min_duration_s=1.0,
                             max_duration_s=env_number("CERTIFY_BENCH_MAX_S", 4.0), bootstrap_resamples=2000, seed=0)
 TRUE_RATIOS = {"above": 2.2, "below": 1.8, **({"at": 2.0} if env_number("CERTIFY_BENCH_AT_THRESHOLD", 0) else {})}
-RIGHT = {"above": gates.PASS, "below": gates.FAIL}  # the conclusion each truth must give when it is decisive
+RIGHT = {"above": verdict.PASS, "below": verdict.FAIL}  # the conclusion each truth must give when it is decisive
 REPORT: dict[str, Any] = {}
 
 
@@ -58,7 +60,7 @@ def paired_run(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndar
         load, started = load_average(), time.perf_counter()
         run = speed.measure_speed(baseline, candidate, feeds, measure, POLICY.min_speedup, POLICY.confidence)
         wall = time.perf_counter() - started
-    result = gates.speed_gate(run, POLICY, hint="")
+    result = speed_gate(run, POLICY, hint="")
     return {"speedup": run["speedup"], "interval": run["interval"], "verdict": result.verdict,
             "verdict_class": verdict_class(result), "side": interval_side(run["interval"], POLICY.min_speedup),
             "stop_reason": run["stop_reason"], "duration_s": run["duration_s"], "wall_s": wall,
@@ -76,7 +78,7 @@ def summarize(runs: list[dict[str, Any]], true_ratio: float | None) -> dict[str,
     classes = [r["verdict_class"] for r in runs]
     summary: dict[str, Any] = {
         "runs": len(runs), "speedup": spread([r["speedup"] for r in runs]),
-        "verdicts": {c: classes.count(c) for c in (gates.PASS, gates.FAIL, NOT_DECISIVE)},
+        "verdicts": {c: classes.count(c) for c in (verdict.PASS, verdict.FAIL, NOT_DECISIVE)},
         "interval_sides": {s: [r["side"] for r in runs].count(s) for s in ("above", "straddles", "below")},
         "stop_reasons": {s: [r["stop_reason"] for r in runs].count(s) for s in {r["stop_reason"] for r in runs}},
         "interval_width": spread([r["interval"][1] - r["interval"][0] for r in runs]),
@@ -120,7 +122,7 @@ def print_table(title: str, summaries: dict[str, dict[str, Any]]) -> None:
     for name, s in summaries.items():
         sp, v = s["speedup"], s["verdicts"]
         print(f"{name:<12}{sp['median']:>8.3f}{sp['min']:>8.3f}{sp['max']:>8.3f}{sp['cv']:>8.2%}  "
-              f"{v[gates.PASS]:>4}/{v[gates.FAIL]}/{v[NOT_DECISIVE]:<17} {s['stop_reasons']}")
+              f"{v[verdict.PASS]:>4}/{v[verdict.FAIL]}/{v[NOT_DECISIVE]:<17} {s['stop_reasons']}")
 
 
 def save() -> None:

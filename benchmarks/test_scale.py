@@ -30,7 +30,7 @@ pytest.importorskip("onnx")
 
 from certify.measure import accuracy, dataset
 from certify.metrics import METRICS
-from certify.plan import load_plan
+from certify.plan.load import load_plan
 from tests.helpers.models import build_dataset, build_mlp, quantize_dynamic
 
 WIDTHS = (32, 128, 10)  # a small classifier: 32 features, 10 classes

@@ -28,11 +28,12 @@ from benchmarks.helpers_repro import (
     verdict_class,
     write_report,
 )
-from certify import gates
 from certify.cases import Case
+from certify.gates.speed import speed_gate
 from certify.hardware import detect_host
 from certify.measure import dataset, speed, stats
-from certify.plan import Measure, ModelPlan, ModelRef, Plan, load_plan
+from certify.plan import Measure, ModelPlan, ModelRef, Plan
+from certify.plan.load import load_plan
 from certify.recipes import RecipeError
 from certify.runner import CertificationRun
 
@@ -87,7 +88,7 @@ def timed_run(model: ModelPlan, candidate: ModelRef, feeds: dict[str, Any], meas
     stats.ratio_of_medians(base, cand, resamples=measure.bootstrap_resamples, seed=measure.seed,
                            confidence=policy.confidence, block=run["block_iterations"])
     bootstrap_s = time.perf_counter() - started
-    result = gates.speed_gate(run, policy, hint="")
+    result = speed_gate(run, policy, hint="")
     return {"windows": sub_runs(base, cand, run["block_iterations"]),
             "verdict": result.verdict, "verdict_class": verdict_class(result), "speedup": run["speedup"],
             "interval": run["interval"], "side": interval_side(run["interval"], policy.min_speedup),

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from certify.hardware import FRAMEWORKS
+from certify.frameworks import FRAMEWORKS
 from certify.plan import ModelPlan, ModelRef, Plan
 
 

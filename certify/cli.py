@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.errors import CertifyError
-from certify.hardware import GATES
+from certify.gates.registry import GATE_NAMES, REQUIRED_BY_DEFAULT
 
 DEMO_NOTE = ("demo: the plan holds one candidate that is bad on purpose (int8-static-badcalib must FAIL accuracy), "
              "two that target hardware this host may not have (NOT EVALUATED here), and OpenVINO candidates whose "
@@ -27,12 +27,17 @@ def suites_dir() -> Path:
 
 
 def _pytest(plan: Path | None, extra: list[str]) -> int:
+    """``pytest PLAN`` (the plan file collected as tests, as plain ``pytest`` in the project does), reports under
+    ./reports; without a plan, the embedded demo's."""
     import pytest
 
-    args = [str(suites_dir()), "-p", "no:cacheprovider", "--rootdir", str(Path.cwd()),
-            "--certify-report-dir", str(Path.cwd() / "reports"), *extra]
-    if plan is not None:
-        args += ["--certify-plan", str(plan)]
+    if plan is None:
+        from certify.fixtures import demo
+
+        plan = demo.ensure_built()
+    rootdir = Path.cwd() if plan.resolve().is_relative_to(Path.cwd().resolve()) else plan.resolve().parent
+    args = [str(plan), "-p", "no:cacheprovider", "--rootdir", str(rootdir),
+            "--certify-report-dir", str(Path.cwd() / "reports"), "--certify-plan", str(plan), *extra]
     return int(pytest.main(args))
 
 
@@ -59,19 +64,20 @@ def _key_in_environment() -> bool:
 
 
 def cmd_run(ns: argparse.Namespace, extra: list[str]) -> int:
-    from certify.plan import find_plan
+    from certify.plan.load import find_plan
 
     plan = Path(ns.plan) if ns.plan else find_plan(Path.cwd())
     return _pytest(plan, extra)
 
 
 def cmd_doctor(ns: argparse.Namespace, extra: list[str]) -> int:
-    from certify.backends import BACKENDS, registered_names, resolve_backend
+    from certify.backends import registered_names, resolve_backend
     from certify.environment import package_versions
+    from certify.frameworks import FRAMEWORKS
     from certify.hardware import detect_host
 
     backends = {}
-    for name in sorted(set(BACKENDS) | set(registered_names())):
+    for name in sorted(set(FRAMEWORKS) | set(registered_names())):
         try:
             resolve_backend(name)
             backends[name] = "available"
@@ -221,8 +227,9 @@ def _verify_parser(sub: Any) -> None:
     verify.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="a model file being released: its digest must be a certified subject (repeatable)")
     verify.add_argument("--policy", metavar="NAME|FILE", help="the certificate's policy must be at least this strict")
-    verify.add_argument("--require", action="append", choices=GATES, metavar="GATE",
-                        help="gates that must have passed (repeatable; default: accuracy, speed, stability, memory)")
+    verify.add_argument("--require", action="append", metavar="GATE",
+                        help=f"gates that must have passed (repeatable; built in: {', '.join(GATE_NAMES)}, or a "
+                        f"gate a project added; default: {', '.join(REQUIRED_BY_DEFAULT)})")
     verify.add_argument("--max-age", type=float, metavar="DAYS", help="refuse certificates older than this")
     verify.add_argument("--allow-dev-key", action="store_true",
                         help="accept a certificate signed with a throwaway development key (demos only)")

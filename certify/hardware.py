@@ -20,14 +20,9 @@ from pathlib import Path
 
 PLATFORMS = ("intel", "amd", "nvidia", "apple", "arm", "qualcomm")
 DEVICES = ("cpu", "gpu", "npu")
-FRAMEWORKS = ("onnxruntime", "openvino", "olive", "llamacpp", "mlx")
-GATES = ("accuracy", "speed", "memory", "stability", "stress", "fallback", "robustness", "security")
-
 MARKER_HELP = {
     **{p: f"candidate targets the {p} platform (the host that ran is recorded separately)" for p in PLATFORMS},
     **{d: f"candidate targets a {d.upper()} device" for d in DEVICES},
-    **{f: f"candidate runs on the {f} framework" for f in FRAMEWORKS},
-    **{g: f"{g} gate" for g in GATES},
 }
 _ARM_IMPLEMENTERS = {"0x41": "arm", "0x51": "qualcomm", "0x61": "apple"}
 

@@ -1,110 +1,35 @@
-"""The pytest plugin: options, markers, parametrization from the plan, fixtures, terminal summary, results.
+"""The pytest plugin: options, markers, the plan file collected as tests, parametrization of the packaged suites,
+fixtures for the user's own certification tests, hooks (``certify.hookspecs``) and the session reporter.
 
 Registered through the ``pytest11`` entry point, so it is active in every session of an environment that has
-the package installed; it stays inert until a certification suite asks for ``certify_case``.
+the package installed; it stays inert until a plan file is collected or a test asks for ``certify_case``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from certify.cases import Case, cases_for
+from certify.collection import PlanFile, is_plan_file
 from certify.errors import CertifyError
-from certify.gates import ERROR, FAIL, NOT_EVALUATED, GateResult
-from certify.hardware import GATES, MARKER_HELP, detect_host
-from certify.plan import Plan, find_plan, load_plan
+from certify.frameworks import FRAMEWORKS
+from certify.gates.context import GateContext
+from certify.gates.registry import GateRegistry, entry_point_specs
+from certify.hardware import MARKER_HELP, detect_host
+from certify.plan.load import find_plan
+from certify.report.session import CertifyReporter
+from certify.session import STATE, SessionState, case_property, conclude, judge, new_run_id
+from certify.verdict import GateResult
 
 if TYPE_CHECKING:
     from certify.attest import Signer
-    from certify.runner import CertificationRun
+    from certify.gates.registry import Evaluate
 
-CASE_PROPERTY, RESULT_PROPERTY = "certify.case", "certify.result"
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-@dataclass
-class SessionState:
-    """Per-session state, kept in ``config.stash``."""
-
-    config: pytest.Config
-    run_id: str
-    report_root: Path
-    plan_path: Path | None = None
-    started: float = field(default_factory=time.time)
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    interrupted: bool = False
-    signer: Signer | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    resuming: bool = False
-    _plan: Plan | None = None
-    _run: CertificationRun | None = None
-    _previous: dict[tuple[str, str], dict[str, Any]] | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return self.report_root / self.run_id
-
-    def plan(self) -> Plan:
-        """The plan: --certify-plan, else certify.toml / [tool.certify] in rootdir, else the embedded demo."""
-        if self._plan is None:
-            path = self.plan_path
-            if path is None:
-                from certify.fixtures import demo
-
-                path = demo.ensure_built()
-            self._plan = _load(path, self.config.getoption("certify_decision"), self.config.getoption("certify_soak"))
-        return self._plan
-
-    def previous(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """(case id, gate) -> the evidence record an interrupted run left in the run folder (``--certify-resume``);
-        the newest record of a case wins."""
-        if self._previous is None:
-            self._previous = {}
-            if self.resuming:
-                from certify.evidence import EvidenceStore
-
-                for record in EvidenceStore(self.run_dir).records():
-                    self._previous[(record["case"], record["gate"])] = record
-        return self._previous
-
-    def run(self) -> CertificationRun:
-        if self._run is None:
-            from certify.runner import CertificationRun
-
-            self._run = CertificationRun(self.plan(), self.run_dir, detect_host(), self.run_id)
-        return self._run
-
-
-STATE = pytest.StashKey[SessionState]()
 SIGTERM_HANDLER = pytest.StashKey[Any]()
-
-
-def _load(path: Path, decision: str | None, soak_s: float | None) -> Plan:
-    from dataclasses import replace
-
-    try:
-        plan = load_plan(path)
-    except CertifyError as exc:
-        raise pytest.UsageError(f"certification plan: {exc.diagnostics()}") from None
-    if decision:
-        plan = replace(plan, policy=plan.policy.with_overrides({"decision": decision}))
-    if soak_s is not None:
-        if soak_s <= 0:
-            raise pytest.UsageError(f"--certify-soak {soak_s:g}: give the soak duration in seconds (> 0)")
-        plan = replace(plan, stress=replace(plan.stress, duration_s=soak_s))
-    return plan
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,9 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "plan's [stress] duration_s")
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from certify import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    for name, text in MARKER_HELP.items():
-        config.addinivalue_line("markers", f"{name}: {text}")
     workerinput = getattr(config, "workerinput", None)
     run_id = (workerinput or {}).get("certify_run_id") or config.getoption("certify_run_id") or new_run_id()
     root = Path(config.getoption("certify_report_dir"))
@@ -141,18 +70,53 @@ def pytest_configure(config: pytest.Config) -> None:
     if resume:
         resume_dir = Path(resume).resolve()
         run_id, root = resume_dir.name, resume_dir.parent
-    explicit = config.getoption("certify_plan")
-    plan_path = Path(explicit) if explicit else find_plan(config.rootpath)
-    state = SessionState(config, run_id, root, plan_path, resuming=bool(resume))
+    state = SessionState(config, run_id, root, _plan_path(config), resuming=bool(resume), gates=_gates(config))
     config.stash[STATE] = state
+    for name, text in _marker_help(state.gates).items():
+        config.addinivalue_line("markers", f"{name}: {text}")
     if workerinput is None:
         state.signer = _signer(config)
         config.pluginmanager.register(CertifyReporter(state), "certify-reporter")
         config.stash[SIGTERM_HANDLER] = _terminate_like_ctrl_c()
-    if plan_path is not None:
+    if state.plan_path is not None:
         state.plan()  # a bad plan stops the session here, before collection
     if resume and workerinput is None:
         _check_resumable(state)
+
+
+def _plan_path(config: pytest.Config) -> Path | None:
+    """--certify-plan, else a plan file named on the command line (``pytest plans/edge.toml``), else
+    certify.toml / a pyproject.toml with [tool.certify] in the rootdir."""
+    explicit = config.getoption("certify_plan")
+    if explicit:
+        return Path(explicit)
+    named = {Path(arg.split("::")[0]).resolve() for arg in config.args
+             if arg.split("::")[0].endswith(".toml") and Path(arg.split("::")[0]).is_file()}
+    if len(named) > 1:
+        raise pytest.UsageError(f"one certification plan per session, got {len(named)}: "
+                                f"{', '.join(sorted(map(str, named)))}; run them one after the other")
+    return named.pop() if named else find_plan(config.rootpath)
+
+
+def _gates(config: pytest.Config) -> GateRegistry:
+    """The built-in gates, then those of installed packages (entry points), then the project's own
+    (``certify_gates`` hooks in its conftest.py)."""
+    registry = GateRegistry()
+    try:
+        for spec, origin in entry_point_specs():
+            registry.add(spec, origin)
+        for impl, specs in zip(config.hook.certify_gates.get_hookimpls()[::-1], config.hook.certify_gates(),
+                               strict=False):
+            for spec in specs or []:
+                registry.add(spec, f"certify_gates in {impl.plugin_name}")
+    except CertifyError as exc:
+        raise pytest.UsageError(f"certification gates: {exc.diagnostics()}") from None
+    return registry
+
+
+def _marker_help(gates: GateRegistry) -> dict[str, str]:
+    return {**MARKER_HELP, **{f: f"candidate runs on the {f} framework" for f in FRAMEWORKS},
+            **{g.name: f"{g.name} gate: {g.summary}" for g in gates}}
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -225,10 +189,11 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def _gate_of(metafunc: pytest.Metafunc) -> str:
-    found = [m.name for m in metafunc.definition.iter_markers() if m.name in GATES]
+    gates = metafunc.config.stash[STATE].gates
+    found = [m.name for m in metafunc.definition.iter_markers() if m.name in gates]
     if len(found) != 1:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: a certification test needs exactly one gate "
-                                f"marker ({', '.join(GATES)}), found {found or 'none'}")
+                                f"marker ({', '.join(gates.names)}), found {found or 'none'}")
     return found[0]
 
 
@@ -241,11 +206,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("certify_case", params, indirect=True)
 
 
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """The session's plan file is collected as a test file (``certify.collection``)."""
+    state = parent.config.stash.get(STATE, None)
+    if state is None or file_path.suffix != ".toml" or not is_plan_file(file_path, state.plan_path):
+        return None
+    plan_file: PlanFile = PlanFile.from_parent(parent, path=file_path)
+    return plan_file
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and isinstance(callspec.params.get("certify_case"), Case):
-            item.user_properties.append((CASE_PROPERTY, json.dumps(callspec.params["certify_case"].describe())))
+            item.user_properties.append(case_property(callspec.params["certify_case"]))
 
 
 @pytest.fixture
@@ -256,117 +230,56 @@ def certify_case(request: pytest.FixtureRequest) -> Case:
 
 
 @pytest.fixture
-def certify_gate(request: pytest.FixtureRequest) -> Callable[[Case], GateResult]:
-    """Evaluate a case's gate: skip when it cannot be evaluated here, fail with the reason when it fails."""
-    state = request.config.stash[STATE]
-
-    def check(case: Case) -> GateResult:
-        record = state.previous().get((case.id, case.gate))
-        if record is None:
-            result, record = state.run().evaluate(case, request.node.nodeid)
-        else:  # --certify-resume: this case was measured before the interruption
-            result = GateResult.from_dict(record["result"])
-        request.node.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict(), default=str)))
-        from certify.report import allure
-
-        allure.annotate(request.config, case, result, record)
-        if result.verdict == NOT_EVALUATED:
-            pytest.skip(f"NOT EVALUATED: {result.reason}")
-        if result.verdict in (FAIL, ERROR):
-            pytest.fail(result.message(), pytrace=False)
-        return result
+def certify_gate(request: pytest.FixtureRequest) -> Callable[..., GateResult]:
+    """``certify_gate(case)`` evaluates the case's gate as registered (``certify_gate(case, evaluate)`` with a
+    function of a ``GateContext`` instead): skipped when it cannot be evaluated here, failed with the reason when
+    it fails."""
+    def check(case: Case, evaluate: Evaluate | None = None) -> GateResult:
+        return judge(request.node, case, evaluate)
 
     return check
 
 
-class CertifyReporter:
-    """Collects every case's outcome (also from xdist workers, through user_properties) and writes
-    ``results.json`` and the terminal summary on the controller."""
+@pytest.fixture
+def certify_context(request: pytest.FixtureRequest, certify_case: Case) -> GateContext:
+    """The case's ``GateContext`` (plan, policy, dataset, evidence store, hints) with its candidate built. A case
+    that cannot run here (target platform, framework or device missing) is recorded NOT EVALUATED and skipped."""
+    run = request.config.stash[STATE].run()
+    ready = run.prepared(certify_case)
+    if isinstance(ready, GateResult):
+        conclude(request.node, certify_case, ready, run.record(certify_case, ready, request.node.nodeid))
+    assert isinstance(ready, Case)
+    return run.context(ready)
 
-    def __init__(self, state: SessionState) -> None:
-        self.state = state
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
-        if CASE_PROPERTY not in props:
-            return
-        entry = self.state.entries.setdefault(report.nodeid, {**json.loads(str(props[CASE_PROPERTY])),
-                                                              "nodeid": report.nodeid})
-        if RESULT_PROPERTY in props:
-            entry["result"] = json.loads(str(props[RESULT_PROPERTY]))
-        elif "result" not in entry and report.outcome != "passed":
-            verdict = NOT_EVALUATED if report.skipped else ERROR
-            text = report.longreprtext.strip().splitlines()[-1] if report.longreprtext.strip() else report.outcome
-            entry["result"] = GateResult(entry["gate"], verdict, f"{report.when}: {text}").to_dict()
+@pytest.fixture
+def certify_dataset(certify_context: GateContext) -> tuple[dict[str, Any], Any]:
+    """The model's dataset: ``(inputs by name, labels or None)``, loaded once per session."""
+    return certify_context.data()
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.state.interrupted = True
 
-    def entries(self) -> list[dict[str, Any]]:
-        return [e for e in self.state.entries.values() if "result" in e]
+@pytest.fixture
+def certify_model(request: pytest.FixtureRequest, certify_context: GateContext) -> Iterator[Any]:
+    """The candidate loaded in a fresh measurement worker (``certify.measure.client.WorkerClient``): ``call("feeds",
+    key=..., arrays=...)``, ``call("run", key=..., iterations=...)`` (nanoseconds per call), ``call("predict",
+    key=..., batch_size=...)``. Held under the host-wide measurement lock when the gate is exclusive."""
+    gates = request.config.stash[STATE].gates
+    exclusive = gates[certify_context.gate].exclusive if certify_context.gate in gates else True
+    with certify_context.store.measurement_lock(exclusive=exclusive), certify_context.worker() as worker:
+        yield worker
 
-    def adopt_recorded(self) -> None:
-        """After an interruption: a case whose evidence record was written before pytest could report its call
-        (the signal came in between) still counts, with the verdict its record holds. Its entry exists from the
-        setup report, without a result."""
-        from certify.evidence import EvidenceStore
 
-        for record in EvidenceStore(self.state.run_dir).records():
-            entry = self.state.entries.get(record.get("nodeid", ""))
-            if entry is not None and "result" not in entry and float(record.get("started") or 0) >= self.state.started:
-                entry["result"] = record["result"]
+@pytest.fixture
+def certify_record(request: pytest.FixtureRequest, certify_context: GateContext) -> Callable[..., GateResult]:
+    """``certify_record(label, value, threshold, interval=None, unit="", higher_is_better=True)`` decides the
+    case's verdict under the policy (``GateContext.decide``), or ``certify_record(result=GateResult(...))`` takes
+    one as is; either way the verdict and ``certify_context.measurement`` go into the evidence, the matrix and
+    the certificate, and the test ends as the verdict says."""
+    run = request.config.stash[STATE].run()
 
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.state.interrupted:
-            self.adopt_recorded()
-        if not self.entries():
-            return
-        from certify.environment import package_versions
-        from certify.evidence import RESULTS_FILE, write_json_atomic
-        from certify.report.certificate import describe_models
-        from certify.report.publish import certify_run
-        from certify.report.results import build_results
+    def record(*args: Any, result: GateResult | None = None, **kwargs: Any) -> GateResult:
+        decided = result if result is not None else certify_context.decide(*args, **kwargs)
+        evidence = run.record(certify_context.case, decided, request.node.nodeid, certify_context.measurement)
+        return conclude(request.node, certify_context.case, decided, evidence)
 
-        state, plan = self.state, self.state.plan()
-        document = build_results(
-            run_id=state.run_id, host=detect_host().to_dict(), packages=package_versions(), entries=self.entries(),
-            plan={"name": plan.name, "source": str(plan.source), "digest": plan.digest,
-                  "policy": plan.policy.to_dict()}, models=describe_models(plan),
-            started=state.started, finished=time.time(), complete=not state.interrupted and exitstatus in (0, 1),
-        )
-        write_json_atomic(state.run_dir / RESULTS_FILE, document)
-        try:
-            state.outputs = certify_run(state.run_dir, state.signer)
-        except CertifyError as exc:  # results.json is written; say why the certificate or report is missing
-            state.outputs = {"error": exc.diagnostics()}
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        entries = self.entries()
-        if not entries:
-            return
-        from certify.report.results import matrix_lines, not_evaluated_groups
-
-        tr, host = terminalreporter, detect_host()
-        tr.section("certification summary")
-        tr.write_line(f"host: {host.describe()} [{host.fingerprint}]")
-        for line in matrix_lines(entries, GATES):
-            tr.write_line(line)
-        for (case, reason), gates in not_evaluated_groups(entries).items():
-            tr.write_line(f"NOT EVALUATED {case} ({', '.join(gates)}): {reason}")
-        run_dir = os.path.relpath(self.state.run_dir)
-        tr.write_line(f"results: {run_dir}/results.json (evidence: evidence.jsonl)")
-        self._write_outputs(tr, run_dir)
-
-    def _write_outputs(self, tr: Any, run_dir: str) -> None:
-        out = self.state.outputs
-        if "error" in out:
-            tr.write_line(f"certificate and report not written: {out['error']}", red=True)
-        elif out.get("signed"):
-            dev = " (THROWAWAY DEVELOPMENT KEY: not for releases)" if out["dev_key"] else ""
-            tr.write_line(f"certificate: {run_dir}/{out['certificate']} signed by key {out['keyid'][:16]}{dev}")
-            tr.write_line(f"verify: {out['verify_command']}")
-        elif out:
-            tr.write_line(f"certificate: not signed: {out['reason_unsigned']} (statement: {run_dir}/statement.json)",
-                          yellow=True)
-        if out and "error" not in out:
-            tr.write_line(f"report: {run_dir}/report.html, summary: {run_dir}/summary.md")
+    return record

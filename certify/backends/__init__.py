@@ -1,4 +1,5 @@
-"""Lazy backend registry: names map to ``"module:Class"`` strings, imported only when a worker needs one.
+"""Lazy backend registry: framework names (``certify.frameworks``) map to ``"module:Class"`` strings, imported only
+when a worker needs one.
 
 Third-party backends register in the ``certify.backends`` entry-point group (``name = "pkg.mod:Class"``) or
 are named in a plan directly as ``framework = "pkg.mod:Class"``. A backend that fails to import is a
@@ -9,32 +10,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
 from importlib import metadata
 from typing import cast
 
 from certify.backends.base import Backend
 from certify.errors import BackendUnavailable
+from certify.frameworks import FRAMEWORKS, install_hint
 
 ENTRY_POINT_GROUP = "certify.backends"
-
-
-@dataclass(frozen=True)
-class BackendEntry:
-    target: str  # "module:Class"
-    install: str  # how to get the framework
-
-
-BACKENDS: dict[str, BackendEntry] = {
-    "onnxruntime": BackendEntry("certify.backends.onnxruntime:OnnxRuntimeBackend",
-                                "pip install 'edge-certify[ort]' (onnxruntime; onnxruntime-gpu on NVIDIA)"),
-    "openvino": BackendEntry("certify.backends.openvino:OpenVinoBackend",
-                             "pip install 'edge-certify[openvino]' (openvino, nncf)"),
-    "olive": BackendEntry("certify.backends.olive:OliveBackend", "pip install 'edge-certify[olive]' (runs on ORT)"),
-    "llamacpp": BackendEntry("certify.backends.llamacpp:LlamaCppBackend",
-                             "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"),
-    "mlx": BackendEntry("certify.backends.mlx:MlxBackend", "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux)"),
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,14 +30,9 @@ def registered_names() -> list[str]:
     return sorted(_entry_points())
 
 
-def install_hint(name: str) -> str:
-    entry = BACKENDS.get(name)
-    return entry.install if entry else f"install the package that provides backend {name!r}"
-
-
 def resolve_backend(name: str) -> type[Backend]:
     """Import and return the backend class for a plan's ``framework`` value."""
-    target = BACKENDS[name].target if name in BACKENDS else name
+    target = FRAMEWORKS[name].backend if name in FRAMEWORKS else name
     try:
         if ":" in target:
             module_name, _, attr = target.partition(":")

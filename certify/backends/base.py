@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from certify.errors import ModelError
-from certify.plan import ModelRef
+from certify.plan.types import ModelRef
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ import numpy as np
 
 from certify.backends.base import TensorSpec
 from certify.errors import BackendUnavailable, ModelError
-from certify.plan import ModelRef
+from certify.frameworks import install_hint
+from certify.plan.types import ModelRef
 
 DEFAULT_N_CTX = 512
 DEFAULT_N_BATCH = 512
@@ -47,7 +48,6 @@ TRUNCATION_WORDS = ("bounds", "corrupt", "incomplete", "magic", "failed to read"
 OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 GPU_BUILDS = ("rebuild llama-cpp-python with a GPU backend, e.g. CMAKE_ARGS='-DGGML_CUDA=on' (NVIDIA), "
               "'-DGGML_METAL=on' (Apple), '-DGGML_VULKAN=on' or '-DGGML_HIP=on' (AMD)")
-INSTALL_HINT = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"
 
 
 def _lc() -> Any:
@@ -199,8 +199,10 @@ class LlamaCppBackend:
 
     name: ClassVar[str] = "llamacpp"
     distributions: ClassVar[tuple[str, ...]] = ("llama-cpp-python", "gguf")
-    install_hint: ClassVar[str] = INSTALL_HINT
+    install_hint: ClassVar[str] = install_hint("llamacpp")
     hints: ClassVar[Mapping[str, str]] = {
+        "stress": "one llama.cpp context serves one request at a time (clients take turns): give each concurrent "
+                  "client its own context (memory grows with n_ctx x contexts) or shorten turns (n_ctx, n_batch)",
         "memory": "reduce options.n_ctx (the KV cache grows linearly with it) or set options.kv_cache_type = "
                   "'q8_0'; use a smaller quantization (Q4_K_M, Q4_0); measure with options.use_mmap = false",
         "speed": "set threads to the number of physical cores, tune options.n_batch for prompt processing, offload "

@@ -57,7 +57,6 @@ import numpy as np
 from certify.backends.base import TensorSpec
 from certify.backends.mlx_folders import (
     DEFAULT_CONTEXT,
-    INSTALL_HINT,
     LANGUAGE_MODEL,
     MLX_LM,
     MLX_LM_WEIGHTS,
@@ -80,7 +79,8 @@ from certify.backends.mlx_folders import (
     read_spec,
 )
 from certify.errors import BackendUnavailable, ModelError
-from certify.plan import ModelRef
+from certify.frameworks import install_hint
+from certify.plan.types import ModelRef
 
 
 class MlxBackend:
@@ -90,8 +90,10 @@ class MlxBackend:
     # Results that stand for an Apple-silicon target even when measured on MLX's Linux CPU backend; speed does not.
     portable_gates: ClassVar[tuple[str, ...]] = ("accuracy", "memory")
     distributions: ClassVar[tuple[str, ...]] = ("mlx", "mlx-cpu", "mlx-metal", "mlx-lm")
-    install_hint: ClassVar[str] = INSTALL_HINT
+    install_hint: ClassVar[str] = install_hint("mlx")
     hints: ClassVar[Mapping[str, str]] = {
+        "stress": "an MLX model serves one request at a time here (clients take turns): batch concurrent requests "
+                  "instead",
         "accuracy": "quantize with more bits (8 or 6) or a smaller group_size (32), and keep sensitive layers "
                     "(embeddings, the output head) in float with nn.quantize's class_predicate",
         "speed": "off Apple silicon MLX runs on its CPU backend and is not representative of an Apple target; "

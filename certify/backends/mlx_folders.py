@@ -28,7 +28,6 @@ DEFAULT_CONTEXT = 128
 THREADS = "not configurable in MLX"
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
-INSTALL_HINT = "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)"
 
 
 def mlx_core() -> Any:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from certify.backends.onnxruntime import PROVIDER_DEVICE, OnnxRuntimeBackend
-from certify.plan import ModelRef
+from certify.frameworks import install_hint
+from certify.plan.types import ModelRef
 
 CPU = "CPUExecutionProvider"
 RECORD = "olive.json"  # certify.recipes.olive.RECORD (not imported: that module is the build side)
@@ -77,9 +78,11 @@ class OliveBackend(OnnxRuntimeBackend):
 
     name: ClassVar[str] = "olive"
     distributions: ClassVar[tuple[str, ...]] = ("olive-ai", "onnxruntime", "onnxruntime-gpu", "onnxruntime-qnn", "onnx")
-    install_hint: ClassVar[str] = ("pip install onnxruntime (or the onnxruntime build for the targeted provider) to "
-                                   "certify Olive's output; building it needs 'edge-certify[olive]' (torch CPU first)")
+    install_hint: ClassVar[str] = install_hint("olive")
     hints: ClassVar[Mapping[str, str]] = {
+        "stress": "keep intra_op threads x clients within the physical cores and disable spinning "
+                  "(options.session_config session.intra_op.allow_spinning = 0); memory that grows with load: cap the "
+                  "CPU arena (session_config) or disable it",
         "accuracy": "calibrate OnnxStaticQuantization on more, representative samples (recipe samples), try "
                     "per_channel = true or calibrate_method = 'Entropy'/'Percentile', keep sensitive layers in float "
                     "(nodes_to_exclude), use OnnxDynamicQuantization, or an accuracy-aware pass "

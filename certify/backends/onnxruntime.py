@@ -9,7 +9,8 @@ import numpy as np
 
 from certify.backends.base import TensorSpec
 from certify.errors import BackendUnavailable, ModelError
-from certify.plan import ModelRef
+from certify.frameworks import install_hint
+from certify.plan.types import ModelRef
 
 DEFAULT_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -40,8 +41,11 @@ class OnnxRuntimeBackend:
 
     name: ClassVar[str] = "onnxruntime"
     distributions: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnx")
-    install_hint: ClassVar[str] = "pip install onnxruntime (onnxruntime-gpu for CUDA, onnxruntime-qnn for QNN)"
+    install_hint: ClassVar[str] = install_hint("onnxruntime")
     hints: ClassVar[Mapping[str, str]] = {
+        "stress": "keep intra_op threads x clients within the physical cores and disable spinning "
+                  "(options.session_config session.intra_op.allow_spinning = 0); memory that grows with load: cap the "
+                  "CPU arena (session_config) or disable it",
         "accuracy": "calibrate static quantization on more, representative data preprocessed exactly like "
                     "inference inputs; try per_channel=True, keep sensitive layers (first/last) in float via "
                     "nodes_to_exclude, or use quantize_dynamic",

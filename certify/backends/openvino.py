@@ -18,7 +18,8 @@ import numpy as np
 
 from certify.backends.base import TensorSpec
 from certify.errors import BackendUnavailable, ModelError
-from certify.plan import ModelRef
+from certify.frameworks import install_hint
+from certify.plan.types import ModelRef
 
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -31,7 +32,6 @@ DEVICE_DRIVERS = {
     "NPU": "install the Intel NPU driver (linux-npu-driver: level-zero + NPU compiler) and check /dev/accel access",
 }
 DEVICE_FAILURES = ("Cannot load library", "not registered", "cannot open shared object", "No available device")
-INSTALL_HINT = "pip install 'edge-certify[openvino]' (openvino, nncf)"
 
 
 def ov_device(ref: ModelRef) -> str:
@@ -135,8 +135,10 @@ class OpenVinoBackend:
 
     name: ClassVar[str] = "openvino"
     distributions: ClassVar[tuple[str, ...]] = ("openvino", "nncf")
-    install_hint: ClassVar[str] = INSTALL_HINT
+    install_hint: ClassVar[str] = install_hint("openvino")
     hints: ClassVar[Mapping[str, str]] = {
+        "stress": "serve concurrent clients with options.performance_hint = 'THROUGHPUT' or num_streams = clients "
+                  "(each infer request then gets its own stream) and threads set to the physical cores",
         "accuracy": "quantize with accuracy control (nncf.quantize_with_accuracy_control and a max_drop), keep "
                     "sensitive layers in float with nncf.IgnoredScope (first/last layers, attention softmax), "
                     "calibrate on more representative data (300+ samples, preprocessed like inference inputs); "

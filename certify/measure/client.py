@@ -15,7 +15,7 @@ from typing import Any
 
 from certify import errors
 from certify.measure.worker import HEADER, write_message
-from certify.plan import ModelRef
+from certify.plan.types import ModelRef
 
 ERROR_TYPES: dict[str, type[errors.CertifyError]] = {
     "ModelError": errors.ModelError,

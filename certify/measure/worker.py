@@ -127,13 +127,6 @@ class Worker:
         return {"rss_before": self.rss_before, "peak": peak, "rss_now": now, "peak_reset": self.peak_reset,
                 "mapped_model": memory.mapped_bytes(files)}
 
-    def cmd_check(self, module: str, function: str, **kwargs: Any) -> Any:
-        """The in-worker part of a production-readiness gate: ``certify.checks.<module>.<function>(worker, ...)``
-        (e.g. the stress load generator, which must run next to the loaded model)."""
-        import importlib
-
-        return getattr(importlib.import_module(f"certify.checks.{module}"), function)(self, **kwargs)
-
     def cmd_exit(self) -> None:
         if self.backend is not None:
             self.backend.close()
@@ -154,6 +147,32 @@ def _timed_steps(step: Any, inputs: list[Any], iterations: int, rewarm: int) -> 
     return times
 
 
+# The commands that run next to the loaded model on behalf of a gate, each ``function(worker, **args)`` in a measure
+# module, imported on first use: the stress load generator, the robustness probes, an injected fault.
+IN_WORKER: dict[str, str] = {
+    "serve_load": "certify.measure.load:serve",
+    "probe": "certify.measure.probes:probe",
+    "serve_valid": "certify.measure.probes:serve",
+    "fail_next_infer": "certify.measure.probes:fail_next_infer",
+}
+
+
+def command(worker: Worker, name: str) -> Any:
+    """The callable for request ``name``: a ``cmd_*`` method, or an ``IN_WORKER`` function bound to the worker."""
+    if name in IN_WORKER:
+        import functools
+        import importlib
+
+        module, _, function = IN_WORKER[name].partition(":")
+        return functools.partial(getattr(importlib.import_module(module), function), worker)
+    method = getattr(worker, "cmd_" + name, None)
+    if method is None:
+        raise CertifyError(f"unknown worker command {name!r}",
+                           hint=f"known: {', '.join(sorted([*IN_WORKER, *WORKER_COMMANDS]))}")
+    return method
+
+
+WORKER_COMMANDS = tuple(n[4:] for n in dir(Worker) if n.startswith("cmd_"))
 MEMORY_LIMIT_ENV = "CERTIFY_WORKER_MEMORY_LIMIT_MIB"
 
 
@@ -170,20 +189,20 @@ def limit_memory() -> int:
 
 
 def _answer(worker: Worker, request: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
-    command, args = request
+    name, args = request
     try:
-        return ("ok", getattr(worker, "cmd_" + command)(**args))
+        return ("ok", command(worker, name)(**args))
     except CertifyError as exc:
         return ("error", type(exc).__name__, exc.message, exc.hint)
     except MemoryError:
         limit = os.environ.get(MEMORY_LIMIT_ENV, "0")
         where = f"the worker's limit of {limit} MiB (measure.memory_limit_mib)" if limit != "0" else "memory"
-        return ("error", "ModelError", f"{command} ran out of memory: it exceeded {where}",
+        return ("error", "ModelError", f"{name} ran out of memory: it exceeded {where}",
                 "raise measure.memory_limit_mib if the model legitimately needs more, else fix the leak or "
                 "use a smaller batch")
     except Exception as exc:  # report the cause in one line, the session goes on
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return ("error", "ModelError", f"{command} failed: {type(exc).__name__}: {first}", "")
+        return ("error", "ModelError", f"{name} failed: {type(exc).__name__}: {first}", "")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from certify.errors import CertifyError, did_you_mean
+from certify.frameworks import install_hint
 
 
 class RecipeError(CertifyError):
@@ -66,9 +67,8 @@ ORT_TYPES = ("QInt8", "QUInt8")
 NNCF_MODES = ("INT8_ASYM", "INT8_SYM", "INT4_SYM", "INT4_ASYM")
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L",
               "Q3_K_M", "Q3_K_S", "Q2_K", "F16", "BF16")
-LLAMACPP = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"
-ORT, OV, OLIVE = "pip install 'edge-certify[ort]'", "pip install 'edge-certify[openvino]'", \
-    "see the README: torch CPU first, then pip install 'edge-certify[olive]'"
+LLAMACPP, ORT, OV, MLX = (install_hint(name) for name in ("llamacpp", "onnxruntime", "openvino", "mlx"))
+OLIVE = "install a CPU torch first, then pip install 'edge-certify[olive]' (bash scripts/install.sh olive does both)"
 RECIPES: dict[tuple[str, str], RecipeKind] = {
     ("onnxruntime", "quantize_dynamic"): RecipeKind(
         "certify.recipes.ort:quantize_dynamic", "quantization",
@@ -102,7 +102,7 @@ RECIPES: dict[tuple[str, str], RecipeKind] = {
         "llama_cpp", LLAMACPP, distributions=("llama-cpp-python", "gguf")),
     ("mlx", "quantize"): RecipeKind(
         "certify.recipes.mlx:quantize", "quantization", {"bits": int, "group_size": int},
-        "mlx.core", "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux)", distributions=("mlx", "mlx-lm")),
+        "mlx.core", MLX, distributions=("mlx", "mlx-lm")),
     ("olive", "pass"): RecipeKind(
         "certify.recipes.olive:run_pass", "quantization",
         {"pass": str, "config": dict, "samples": int, "provider": str},

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from certify.cases import Case
-from certify.gates import GateResult
+from certify.verdict import GateResult
 
 
 def enabled(config: pytest.Config) -> bool:

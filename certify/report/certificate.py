@@ -23,9 +23,9 @@ from certify import DISTRIBUTION, __version__
 from certify.attest import PREDICATE_TYPE, STATEMENT_TYPE
 from certify.digests import file_sha256, model_digest
 from certify.errors import CertifyError
-from certify.gates import NOT_EVALUATED
 from certify.plan import ModelRef, Plan
 from certify.report.results import candidate_verdicts, not_evaluated_groups
+from certify.verdict import NOT_EVALUATED
 
 GATE_FIELDS = ("verdict", "value", "interval", "threshold", "comparison", "unit", "reason")
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from certify.errors import CertifyError
-from certify.gates import PASS
 from certify.report.sources import UNVERIFIED_NOTE, Source, load_sources
 from certify.report.tables import counted, gate_order, markdown_table, measured_text, text_table, value_text
+from certify.verdict import PASS, label
 
 POINT_TOLERANCE = 0.25
 REGRESSION, IMPROVEMENT, UNCHANGED, ADDED, REMOVED = "regression", "improvement", "unchanged", "added", "removed"
@@ -256,4 +256,4 @@ def _short(digest: Any) -> str:
 
 
 def _verdict(source: Source, case: str) -> str:
-    return str(source.candidates[case].get("verdict", "?")).upper().replace("_", " ")
+    return label(str(source.candidates[case].get("verdict", "?")))

@@ -20,6 +20,7 @@ from typing import Any
 from certify.errors import CertifyError
 from certify.report.sources import UNVERIFIED_NOTE, Source, load_sources
 from certify.report.tables import cell_text, counted, gate_order, markdown_table, text_table
+from certify.verdict import label as verdict_label
 
 VERIFIED_NOTE = "every certificate's signature verified with a trusted key"
 
@@ -37,7 +38,7 @@ class FleetCell:
 
     @property
     def verdict(self) -> str:
-        return str(self.candidate.get("verdict", "?")).upper().replace("_", " ")
+        return verdict_label(str(self.candidate.get("verdict", "?")))
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from typing import Any
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
-from certify.gates import ERROR, FAIL, NOT_EVALUATED, PASS
+from certify.gates.registry import BUILTIN_REGISTRY
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
 from certify.report.results import not_evaluated_groups
-from certify.report.tables import CELL, gate_order, value_text
+from certify.report.tables import gate_order, value_text
+from certify.verdict import ERROR, FAIL, NOT_EVALUATED, PASS, label
 
 CANDIDATE_LABEL = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "incomplete": "INCOMPLETE"}
 THRESHOLD_UNIT = {"min_accuracy_retention": "%", "min_speedup": "x", "min_memory_reduction": "%",
@@ -126,7 +127,7 @@ def banner(results: dict[str, Any]) -> dict[str, Any]:
     notes = [] if results.get("complete", False) else ["the run did not complete"]
     return {"status": status, "label": CANDIDATE_LABEL[status],
             "summary": f"{certified} of {len(verdicts)} candidate{'s' if len(verdicts) != 1 else ''} certified",
-            "counts": [(CELL[v], v, int(counts.get(v, 0))) for v in (PASS, FAIL, NOT_EVALUATED, ERROR)],
+            "counts": [(label(v), v, int(counts.get(v, 0))) for v in (PASS, FAIL, NOT_EVALUATED, ERROR)],
             "notes": notes}
 
 
@@ -140,7 +141,7 @@ def gate_cell(entry: Entry) -> dict[str, Any]:
         cmp = _relation(bound, threshold, result.get("comparison", ">="))
         decided = f"{'bound ' if result.get('interval') else ''}{charts.fmt(bound, unit)} {cmp} " \
                   f"{charts.fmt(threshold, unit)}"
-    return {"gate": entry["gate"], "verdict": verdict, "label": CELL.get(verdict, verdict.upper()),
+    return {"gate": entry["gate"], "verdict": verdict, "label": label(verdict),
             "value": fmt_value(value, unit), "decided": decided, "reason": result.get("reason", ""),
             "hint": result.get("hint", "")}
 
@@ -364,7 +365,7 @@ def not_evaluated_view(entries: list[Entry]) -> list[dict[str, str]]:
             for (case, reason), gates in sorted(not_evaluated_groups(entries).items())]
 
 
-STAGE_GATES = ("accuracy", "speed", "memory")
+STAGE_GATES = BUILTIN_REGISTRY.where("stage_figure")
 
 
 def stages_view(entries: list[Entry], results: dict[str, Any],
@@ -400,8 +401,8 @@ def _size_text(size: Any) -> str:
 
 def _gate_figure(result: dict[str, Any] | None) -> str:
     if not result or number(result.get("value")) is None:
-        return "-" if not result else CELL[result["verdict"]]
-    return f"{value_text(float(result['value']), result.get('unit'))} ({CELL[result['verdict']]})"
+        return "-" if not result else label(result["verdict"])
+    return f"{value_text(float(result['value']), result.get('unit'))} ({label(result['verdict'])})"
 
 
 def _recipe_text(value: Any) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from certify.gates import ERROR, FAIL, NOT_EVALUATED
-from certify.report.tables import CELL, cell_text, text_table
+from certify.gates.registry import GATE_NAMES, GateRegistry
+from certify.report.tables import cell_text, text_table
+from certify.verdict import ERROR, FAIL, NOT_EVALUATED, VERDICTS, label
 
 SCHEMA = "certify.results/v1"
 
@@ -27,14 +29,21 @@ def candidate_verdicts(entries: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def describe_gates(gates: GateRegistry) -> list[dict[str, Any]]:
+    """The gates of the run as declared (``results.json`` ``gates``): built-in and user-added alike."""
+    return [{"name": g.name, "summary": g.summary, "exclusive": g.exclusive, "static": g.static,
+             "required": g.required, "thresholds": list(g.thresholds) + sorted(g.defaults),
+             "builtin": g.name in GATE_NAMES} for g in gates]
+
+
 def build_results(*, run_id: str, plan: dict[str, Any], host: dict[str, Any], packages: dict[str, str],
                   entries: list[dict[str, Any]], started: float, finished: float, complete: bool,
-                  models: list[dict[str, Any]]) -> dict[str, Any]:
+                  models: list[dict[str, Any]], gates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     verdicts = candidate_verdicts(entries)
-    counts = {v: sum(1 for e in entries if e["result"]["verdict"] == v) for v in CELL}
+    counts = {v: sum(1 for e in entries if e["result"]["verdict"] == v) for v in VERDICTS}
     return {
         "schema": SCHEMA, "run_id": run_id, "started": started, "finished": finished, "complete": complete,
-        "plan": plan, "models": models, "host": host, "packages": packages, "counts": counts,
+        "plan": plan, "models": models, "gates": gates or [], "host": host, "packages": packages, "counts": counts,
         "candidates": verdicts, "cases": sorted(entries, key=lambda e: (e["case"], e["gate"])),
     }
 
@@ -48,12 +57,12 @@ def not_evaluated_groups(entries: list[dict[str, Any]]) -> dict[tuple[str, str],
     return dict(groups)
 
 
-def matrix_lines(entries: list[dict[str, Any]], gates: tuple[str, ...]) -> list[str]:
+def matrix_lines(entries: list[dict[str, Any]], gates: Sequence[str]) -> list[str]:
     """A fixed-width candidate x gate table; cells show verdict, value and the decisive bound."""
     cases = sorted({e["case"] for e in entries})
     present = [g for g in gates if any(e["gate"] == g for e in entries)]
     cell = {(e["case"], e["gate"]): cell_text(e["result"]) for e in entries}
     rows = [["candidate", *present, "verdict"]]
     verdicts = candidate_verdicts(entries)
-    rows += [[c, *(cell.get((c, g), "-") for g in present), verdicts[c].upper().replace("_", " ")] for c in cases]
+    rows += [[c, *(cell.get((c, g), "-") for g in present), label(verdicts[c])] for c in cases]
     return text_table(rows)

@@ -6,16 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from certify.gates import ERROR, FAIL, NOT_EVALUATED, PASS
-from certify.hardware import GATES
-
-CELL = {PASS: "PASS", FAIL: "FAIL", NOT_EVALUATED: "NOT EVALUATED", ERROR: "ERROR"}
+from certify.gates.registry import BUILTIN_REGISTRY
+from certify.verdict import ERROR, NOT_EVALUATED, label
 
 
 def gate_order(gates: Iterable[str]) -> list[str]:
-    """The given gates in the harness's order (``certify.hardware.GATES``), unknown ones after them by name."""
-    present = set(gates)
-    return [g for g in GATES if g in present] + sorted(present - set(GATES))
+    """The given gates in the harness's order (``certify.gates.registry``), others (a user's) after them by name."""
+    return BUILTIN_REGISTRY.order(gates)
 
 
 def counted(n: int, noun: str, rest: str = "") -> str:
@@ -32,7 +29,7 @@ def measured_text(result: dict[str, Any] | None) -> str:
     """A gate result as 'VERDICT value [low, high]'; '-' when there is no result."""
     if result is None:
         return "-"
-    text = str(result.get("verdict", "?")).upper().replace("_", " ")
+    text = label(str(result.get("verdict", "?")))
     if result.get("value") is None:
         return text
     unit = result.get("unit")
@@ -62,7 +59,7 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def cell_text(result: dict[str, Any]) -> str:
     """A matrix cell: 'VERDICT value [decisive bound]' (the bound the lower_bound rule judged)."""
-    text = CELL[result["verdict"]]
+    text = label(result["verdict"])
     value, unit = result.get("value"), result.get("unit", "")
     if value is None or result["verdict"] in (NOT_EVALUATED, ERROR):
         return text

@@ -75,17 +75,17 @@ def evaluate_directly(plan_file: Path, run_dir: Path) -> dict[str, tuple[Any, di
     """Each candidate's fallback gate evaluated without the runner's device check: the runner leaves a case whose
     device is missing NOT EVALUATED before any gate runs, which for this gate hides the very scenario it certifies."""
     from certify.cases import cases_for
-    from certify.checks import fallback
+    from certify.gates import fallback
     from certify.hardware import detect_host
-    from certify.plan import load_plan
+    from certify.plan.load import load_plan
     from certify.runner import CertificationRun
 
     plan = load_plan(plan_file)
     run = CertificationRun(plan, run_dir, detect_host(), "t")
     results = {}
     for case in cases_for(plan, "fallback"):
-        measurement: dict[str, Any] = {}
-        results[case.candidate.name] = fallback.evaluate(run, case, measurement), measurement["scenarios"]
+        ctx = run.context(case)
+        results[case.candidate.name] = fallback.evaluate(ctx), ctx.measurement["scenarios"]
     return results
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from certify.digests import model_digest
-from certify.gates import PASS
 from certify.policy import POLICIES
+from certify.verdict import PASS
 
 UNITS = {"accuracy": ("%", ">=", 0.95), "speed": ("x", ">=", 2.0), "stability": ("x", "<=", 3.0),
          "memory": ("%", ">=", 0.5)}

@@ -244,7 +244,7 @@ def test_registered_lazily_and_shaped_like_a_backend() -> None:
     cls = resolve_backend("openvino")
     assert cls is OpenVinoBackend and cls.distributions == ("openvino", "nncf")
     assert isinstance(OpenVinoBackend(ref(Path("m.xml"))), Backend)
-    assert set(cls.hints) == {"accuracy", "speed", "memory", "stability"}
+    assert set(cls.hints) == {"accuracy", "speed", "memory", "stability", "stress"}
     assert "quantize_with_accuracy_control" in cls.hints["accuracy"]
     code = "import sys, certify.backends.openvino; assert 'openvino' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

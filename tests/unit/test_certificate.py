@@ -6,9 +6,9 @@ from pathlib import Path
 
 from certify.attest import PREDICATE_TYPE, STATEMENT_TYPE
 from certify.digests import model_digest
-from certify.gates import FAIL, NOT_EVALUATED
 from certify.report.certificate import build_statement
 from certify.report.markdown import summary
+from certify.verdict import FAIL, NOT_EVALUATED
 from tests.helpers.certificates import all_pass, gate_result, results_doc
 
 

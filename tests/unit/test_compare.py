@@ -12,8 +12,8 @@ import pytest
 
 from certify import attest
 from certify.errors import CertifyError
-from certify.gates import FAIL, NOT_EVALUATED
 from certify.report.compare import ADDED, IMPROVEMENT, REGRESSION, REMOVED, UNCHANGED, Comparison, compare
+from certify.verdict import FAIL, NOT_EVALUATED
 from tests.helpers.certificates import all_pass, gate_result, results_doc
 from tests.helpers.signed import EPOCH, host, tamper, write_certificate
 

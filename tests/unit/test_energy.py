@@ -202,7 +202,7 @@ def test_a_speed_run_records_energy_where_no_counter_reads(
 
 def test_a_speed_run_reports_joules_per_inference_from_its_blocks(
         models: tuple[ModelRef, ModelRef, dict[str, np.ndarray]], monkeypatch: pytest.MonkeyPatch) -> None:
-    from certify.gates import speed_gate
+    from certify.gates.speed import speed_gate
     from certify.measure import speed
     from certify.policy import POLICIES
 

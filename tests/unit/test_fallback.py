@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from certify.checks import fallback as fb
 from certify.errors import ModelError, WorkerCrashed
+from certify.gates import fallback as fb
 from certify.plan import ModelRef
 from certify.policy import POLICIES
 
@@ -41,14 +41,14 @@ def test_the_executed_device_class_comes_from_the_backend(executed: str, info: d
 
 def test_a_missing_device_is_what_the_runner_or_the_backend_says() -> None:
     pytest.importorskip("onnxruntime")
-    run: Any = SimpleNamespace(_cannot_run=lambda r: "")
+    run: Any = SimpleNamespace(cannot_run=lambda r: "")
     cuda = ref("gpu", ("CUDAExecutionProvider", "CPUExecutionProvider"))
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this host has CUDA")
     assert "CUDAExecutionProvider is not available" in fb.missing_device(run, cuda)
-    assert fb.missing_device(SimpleNamespace(_cannot_run=lambda r: "framework gone"), cuda) == "framework gone"
+    assert fb.missing_device(SimpleNamespace(cannot_run=lambda r: "framework gone"), cuda) == "framework gone"
     assert fb.missing_device(run, ref("cpu")) == ""
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from certify import attest
 from certify.errors import CertifyError
-from certify.gates import FAIL
 from certify.report.fleet import Fleet, merge
+from certify.verdict import FAIL
 from tests.helpers.certificates import all_pass, gate_result, results_doc
 from tests.helpers.signed import EPOCH, host, short_fingerprint, tamper, write_certificate
 

@@ -9,10 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from certify import gates
-from certify.gates import FAIL, PASS, decide
+from certify import verdict
+from certify.gates.accuracy import accuracy_gate
+from certify.gates.memory import memory_gate
+from certify.gates.speed import speed_gate, stability_gate
 from certify.measure import speed, stats
 from certify.policy import POLICIES
+from certify.verdict import FAIL, PASS, decide
 
 DEFAULT = POLICIES["edge-default"]
 POINT = DEFAULT.with_overrides({"decision": "point"})
@@ -21,7 +24,7 @@ HINT = "try a different execution provider"
 MIB = 1024 * 1024
 
 
-def _speedup(value: float, interval: tuple[float, float] | None, policy: Any = DEFAULT) -> gates.GateResult:
+def _speedup(value: float, interval: tuple[float, float] | None, policy: Any = DEFAULT) -> verdict.GateResult:
     return decide("speed", "speedup", value, interval, 2.0, policy=policy, unit="x", hint=HINT)
 
 
@@ -74,7 +77,7 @@ def test_decide_without_interval_uses_the_point_estimate() -> None:
     assert _speedup(1.9, None).verdict == FAIL
 
 
-def _latency(value: float, interval: tuple[float, float], policy: Any = DEFAULT) -> gates.GateResult:
+def _latency(value: float, interval: tuple[float, float], policy: Any = DEFAULT) -> verdict.GateResult:
     return decide("latency", "p50", value, interval, 10.0, policy=policy, unit="ms", higher_is_better=False,
                   hint=HINT)
 
@@ -103,8 +106,8 @@ def test_gate_result_message_and_dict() -> None:
     assert passed.message().startswith("speed gate PASS: ") and "hint" not in passed.message()
     data = failed.to_dict()
     assert data["interval"] == [1.3, 1.7] and data["verdict"] == FAIL and data["hint"] == HINT
-    assert gates.not_evaluated("speed", "no gpu").verdict == gates.NOT_EVALUATED
-    assert gates.errored("speed", "boom", "fix it").message() == "speed gate ERROR: boom\n  hint: fix it"
+    assert verdict.not_evaluated("speed", "no gpu").verdict == verdict.NOT_EVALUATED
+    assert verdict.errored("speed", "boom", "fix it").message() == "speed gate ERROR: boom\n  hint: fix it"
 
 
 # --- accuracy_gate -----------------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ def _acc(retention: float, interval: tuple[float, float]) -> dict[str, Any]:
 
 
 def test_accuracy_gate_passes_a_retained_model() -> None:
-    result = gates.accuracy_gate(_acc(0.98, (0.965, 0.995)), DEFAULT, HINT)
+    result = accuracy_gate(_acc(0.98, (0.965, 0.995)), DEFAULT, HINT)
     assert result.verdict == PASS and result.gate == "accuracy" and result.unit == "%"
     assert result.threshold == DEFAULT.min_accuracy_retention
     assert "98.0%" in result.reason and "95.0%" in result.reason and "top1_accuracy retention" in result.reason
@@ -128,7 +131,7 @@ def test_accuracy_gate_passes_a_retained_model() -> None:
 
 
 def test_accuracy_gate_fails_a_degraded_model_with_value_threshold_and_hint() -> None:
-    result = gates.accuracy_gate(_acc(0.8, (0.76, 0.84)), DEFAULT, HINT)
+    result = accuracy_gate(_acc(0.8, (0.76, 0.84)), DEFAULT, HINT)
     assert result.verdict == FAIL
     message = result.message()
     assert "80.0%" in message and "95.0%" in message and HINT in message
@@ -137,10 +140,10 @@ def test_accuracy_gate_fails_a_degraded_model_with_value_threshold_and_hint() ->
 
 def test_accuracy_gate_straddle_and_strict_policy() -> None:
     straddle = _acc(0.96, (0.94, 0.98))
-    assert gates.accuracy_gate(straddle, DEFAULT, HINT).verdict == FAIL
-    assert "not decisive" in gates.accuracy_gate(straddle, DEFAULT, HINT).reason
-    assert gates.accuracy_gate(straddle, POINT, HINT).verdict == PASS
-    assert gates.accuracy_gate(_acc(0.98, (0.965, 0.995)), STRICT, HINT).verdict == FAIL  # needs 99%
+    assert accuracy_gate(straddle, DEFAULT, HINT).verdict == FAIL
+    assert "not decisive" in accuracy_gate(straddle, DEFAULT, HINT).reason
+    assert accuracy_gate(straddle, POINT, HINT).verdict == PASS
+    assert accuracy_gate(_acc(0.98, (0.965, 0.995)), STRICT, HINT).verdict == FAIL  # needs 99%
 
 
 # --- speed_gate --------------------------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def _speed(speedup: float, interval: tuple[float, float], base_ns: np.ndarray | 
 
 
 def test_speed_gate_passes_a_fast_candidate() -> None:
-    result = gates.speed_gate(_speed(3.0, (2.8, 3.2)), DEFAULT, HINT)
+    result = speed_gate(_speed(3.0, (2.8, 3.2)), DEFAULT, HINT)
     assert result.verdict == PASS and result.gate == "speed" and result.threshold == DEFAULT.min_speedup
     assert "400 paired samples" in result.reason and "3x" in result.reason and result.hint == ""
     assert result.details["samples"] == 400 and result.details["executed_device"] == "cpu"
@@ -174,7 +177,7 @@ def test_speed_gate_passes_a_fast_candidate() -> None:
 
 
 def test_speed_gate_fails_a_slow_candidate_with_value_threshold_and_hint() -> None:
-    result = gates.speed_gate(_speed(1.5, (1.4, 1.6)), DEFAULT, HINT)
+    result = speed_gate(_speed(1.5, (1.4, 1.6)), DEFAULT, HINT)
     assert result.verdict == FAIL
     assert "1.5x" in result.reason and "required >= 2x" in result.reason
     assert result.message().endswith(f"hint: {HINT}")
@@ -186,9 +189,9 @@ def test_speed_gate_with_a_real_paired_interval() -> None:
     speedup, interval = stats.ratio_of_medians(base, cand, resamples=500, seed=0, confidence=0.95)
     run = _speed(speedup, interval, base, cand)
     assert interval[0] < 2.0 < interval[1]  # too few samples to be sure
-    assert gates.speed_gate(run, DEFAULT, HINT).verdict == FAIL
-    assert "not decisive" in gates.speed_gate(run, DEFAULT, HINT).reason
-    assert gates.speed_gate(run, POINT, HINT).verdict == PASS
+    assert speed_gate(run, DEFAULT, HINT).verdict == FAIL
+    assert "not decisive" in speed_gate(run, DEFAULT, HINT).reason
+    assert speed_gate(run, POINT, HINT).verdict == PASS
 
 
 def _lm_speed(mode: str) -> dict[str, Any]:
@@ -213,7 +216,7 @@ def test_language_model_figures_are_tokens_per_second_and_time_to_first_token() 
 
 
 def test_speed_gate_on_generation_fails_a_slower_generator_and_reports_its_prompt_speed() -> None:
-    result = gates.speed_gate(_lm_speed("decode"), DEFAULT, HINT)
+    result = speed_gate(_lm_speed("decode"), DEFAULT, HINT)
     assert result.verdict == FAIL and "generation speedup" in result.reason
     assert re.search(r"prompt processing 1[56]\d\d -> 6[34]\d\d tokens/s", result.reason)
     assert "not gated" in result.reason
@@ -221,7 +224,7 @@ def test_speed_gate_on_generation_fails_a_slower_generator_and_reports_its_promp
 
 
 def test_speed_gate_on_prompts_passes_a_faster_prompt_processor() -> None:
-    result = gates.speed_gate(_lm_speed("prompt"), DEFAULT, HINT)
+    result = speed_gate(_lm_speed("prompt"), DEFAULT, HINT)
     assert result.verdict == PASS and result.reason.startswith("prompt processing speedup")
     assert re.search(r"time to first token (39\.\d|40\.\d) -> (9\.9\d|10\.\d) ms", result.reason)
     assert result.details["candidate_tokens_per_s"] == pytest.approx(6400, rel=0.02)
@@ -239,7 +242,7 @@ def _mem(median_mib: float, low_mib: float, high_mib: float) -> dict[str, Any]:
 
 
 def test_memory_gate_passes_a_smaller_candidate() -> None:
-    result = gates.memory_gate(_mem(100, 98, 102), _mem(40, 39, 41), DEFAULT, HINT)
+    result = memory_gate(_mem(100, 98, 102), _mem(40, 39, 41), DEFAULT, HINT)
     assert result.verdict == PASS and result.gate == "memory"
     assert result.value == pytest.approx(0.6)
     assert result.interval == pytest.approx((1 - 41 / 98, 1 - 39 / 102))
@@ -248,28 +251,28 @@ def test_memory_gate_passes_a_smaller_candidate() -> None:
 
 
 def test_memory_gate_fails_a_barely_smaller_candidate() -> None:
-    result = gates.memory_gate(_mem(100, 98, 102), _mem(80, 79, 81), DEFAULT, HINT)
+    result = memory_gate(_mem(100, 98, 102), _mem(80, 79, 81), DEFAULT, HINT)
     assert result.verdict == FAIL
     assert "20.0%" in result.reason and "required >= 50.0%" in result.reason and result.hint == HINT
 
 
 def test_memory_gate_noisy_repeats_are_not_decisive() -> None:
     base, cand = _mem(100, 98, 102), _mem(48, 45, 55)  # point 52% reduction, worst case 1-55/98 = 44%
-    assert gates.memory_gate(base, cand, DEFAULT, HINT).verdict == FAIL
-    assert "not decisive" in gates.memory_gate(base, cand, DEFAULT, HINT).reason
-    assert gates.memory_gate(base, cand, POINT, HINT).verdict == PASS
+    assert memory_gate(base, cand, DEFAULT, HINT).verdict == FAIL
+    assert "not decisive" in memory_gate(base, cand, DEFAULT, HINT).reason
+    assert memory_gate(base, cand, POINT, HINT).verdict == PASS
 
 
 def test_memory_gate_counts_mapped_weights_and_reports_the_figure_without_them() -> None:
     cand = {**_mem(40, 39, 41), "mapped_model_bytes": 30 * MIB, "model_bytes_without_mapped": 10 * MIB}
-    result = gates.memory_gate(_mem(100, 98, 102), cand, DEFAULT, HINT)
+    result = memory_gate(_mem(100, 98, 102), cand, DEFAULT, HINT)
     assert result.value == pytest.approx(0.6) and "30.0 MiB are the candidate's file pages mapped" in result.reason
     assert result.details["candidate_bytes_without_mapped"] == 10 * MIB
     assert "mapped from the model file included" in result.details["counts"]
 
 
 def test_memory_gate_zero_baseline_fails_without_crashing() -> None:
-    result = gates.memory_gate(_mem(0, 0, 0), _mem(10, 10, 10), DEFAULT, HINT)
+    result = memory_gate(_mem(0, 0, 0), _mem(10, 10, 10), DEFAULT, HINT)
     assert result.verdict == FAIL and result.value == 0.0
 
 
@@ -284,7 +287,7 @@ def _stab(p50: float, p99: float, cv: float, drift: float) -> dict[str, Any]:
 
 
 def test_stability_gate_passes_a_steady_candidate() -> None:
-    result = gates.stability_gate(_stab(10.0, 15.0, 0.1, 0.05), DEFAULT, HINT)
+    result = stability_gate(_stab(10.0, 15.0, 0.1, 0.05), DEFAULT, HINT)
     assert result.verdict == PASS and result.value == pytest.approx(1.5) and result.hint == ""
     assert "p99/p50 1.5 (max 3)" in result.reason and "robust CV 0.1 (max 0.5)" in result.reason
     assert "unexplained drift 0.05 (max 0.25)" in result.reason
@@ -299,35 +302,35 @@ def test_stability_gate_passes_a_steady_candidate() -> None:
     (15.0, 0.1, -0.3, "unexplained drift 0.3 > 0.25"),  # a run that speeds up is unstable too
 ])
 def test_stability_gate_fails_each_check(p99: float, cv: float, drift: float, broken: str) -> None:
-    result = gates.stability_gate(_stab(10.0, p99, cv, drift), DEFAULT, HINT)
+    result = stability_gate(_stab(10.0, p99, cv, drift), DEFAULT, HINT)
     assert result.verdict == FAIL and broken in result.reason and result.hint == HINT
     assert result.reason.startswith("latency unstable: ") and result.reason.count(">") == 1
 
 
 def test_stability_gate_lists_every_broken_check() -> None:
-    result = gates.stability_gate(_stab(10.0, 40.0, 0.6, 0.3), DEFAULT, HINT)
+    result = stability_gate(_stab(10.0, 40.0, 0.6, 0.3), DEFAULT, HINT)
     assert result.reason == "latency unstable: p99/p50 4 > 3; robust CV 0.6 > 0.5; unexplained drift 0.3 > 0.25"
 
 
 def test_stability_gate_strict_policy_is_stricter() -> None:
     run = _stab(10.0, 25.0, 0.1, 0.0)
-    assert gates.stability_gate(run, DEFAULT, HINT).verdict == PASS
-    strict = gates.stability_gate(run, STRICT, HINT)
+    assert stability_gate(run, DEFAULT, HINT).verdict == PASS
+    strict = stability_gate(run, STRICT, HINT)
     assert strict.verdict == FAIL and "p99/p50 2.5 > 2" in strict.reason
 
 
 def test_stability_gate_zero_median_fails() -> None:
-    result = gates.stability_gate(_stab(0.0, 1.0, 0.1, 0.0), DEFAULT, HINT)
+    result = stability_gate(_stab(0.0, 1.0, 0.1, 0.0), DEFAULT, HINT)
     assert result.verdict == FAIL and result.value == float("inf")
 
 
 def test_stability_gate_on_measured_series() -> None:
     rng = np.random.default_rng(8)
     steady = 1e6 * rng.lognormal(0, 0.05, 400)
-    assert gates.stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=steady), DEFAULT, HINT).verdict == PASS
+    assert stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=steady), DEFAULT, HINT).verdict == PASS
     slowing = steady.copy()
     slowing[300:] *= 1.5  # thermal throttling in the last quarter
-    result = gates.stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=slowing), DEFAULT, HINT)
+    result = stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=slowing), DEFAULT, HINT)
     assert result.verdict == FAIL and result.details["drift"] == pytest.approx(0.5, abs=0.03)
     assert result.reason == f"latency unstable: unexplained drift {result.details['drift']:.3g} > 0.25"
 
@@ -338,7 +341,7 @@ def test_host_drift_common_to_both_sides_cancels() -> None:
     base = 3e6 * rng.lognormal(0, 0.02, 400)
     cand[300:] *= 1.4  # the host slowed down in the last quarter: both sides, interleaved, see it
     base[300:] *= 1.4
-    result = gates.stability_gate(_speed(3.0, (2.8, 3.2), base_ns=base, cand_ns=cand), DEFAULT, HINT)
+    result = stability_gate(_speed(3.0, (2.8, 3.2), base_ns=base, cand_ns=cand), DEFAULT, HINT)
     assert result.details["candidate_drift"] == pytest.approx(0.4, abs=0.03)
     assert abs(result.details["drift"]) < 0.03 and result.verdict == PASS
 
@@ -348,7 +351,7 @@ def test_a_disturbed_baseline_does_not_make_a_steady_candidate_drift() -> None:
     cand = 1e6 * rng.lognormal(0, 0.02, 400)
     base = 3e6 * rng.lognormal(0, 0.02, 400)
     base[:100] *= 2.2  # a noisy neighbour hit only the memory-bound baseline, early in the run
-    result = gates.stability_gate(_speed(3.0, (2.8, 3.2), base_ns=base, cand_ns=cand), DEFAULT, HINT)
+    result = stability_gate(_speed(3.0, (2.8, 3.2), base_ns=base, cand_ns=cand), DEFAULT, HINT)
     assert result.details["baseline_drift"] < -0.5 and abs(result.details["drift"]) < 0.03
     assert result.verdict == PASS
 
@@ -359,7 +362,7 @@ def test_a_candidate_degrading_by_itself_fails_even_when_the_host_moves() -> Non
     base = 3e6 * rng.lognormal(0, 0.02, 400)
     cand[300:] *= 1.6  # e.g. a leak or a growing cache in the candidate's runtime
     base[300:] *= 0.9  # while the host got a little faster
-    result = gates.stability_gate(_speed(3.0, (2.8, 3.2), base_ns=base, cand_ns=cand), DEFAULT, HINT)
+    result = stability_gate(_speed(3.0, (2.8, 3.2), base_ns=base, cand_ns=cand), DEFAULT, HINT)
     assert result.verdict == FAIL and result.details["drift"] == pytest.approx(0.6, abs=0.05)
     assert "unexplained drift" in result.reason
 
@@ -368,18 +371,18 @@ def test_rare_preemption_spikes_inflate_cv_but_not_robust_cv() -> None:
     rng = np.random.default_rng(3)
     times = 1e5 * rng.lognormal(0, 0.02, 2000)
     times[::250] = 5e6  # 0.4% of iterations preempted for 5 ms, as on a shared VM
-    result = gates.stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=times), DEFAULT, HINT)
+    result = stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=times), DEFAULT, HINT)
     assert result.details["cv"] > 1.0 and result.details["robust_cv"] < 0.05
     assert result.verdict == PASS  # p99 is not reached by 0.4% of spikes
     times[::50] = 5e6  # 2%: now the tail bound judges them
-    result = gates.stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=times), DEFAULT, HINT)
+    result = stability_gate(_speed(3.0, (2.8, 3.2), cand_ns=times), DEFAULT, HINT)
     assert result.verdict == FAIL and "p99/p50" in result.reason
 
 
 def test_a_result_read_back_from_the_evidence_is_the_same_result() -> None:
-    result = gates.speed_gate(_speed(3.0, (2.8, 3.2)), DEFAULT, HINT)
-    assert gates.GateResult.from_dict(result.to_dict()) == result
-    assert gates.GateResult.from_dict(gates.not_evaluated("memory", "no device").to_dict()).interval is None
+    result = speed_gate(_speed(3.0, (2.8, 3.2)), DEFAULT, HINT)
+    assert verdict.GateResult.from_dict(result.to_dict()) == result
+    assert verdict.GateResult.from_dict(verdict.not_evaluated("memory", "no device").to_dict()).interval is None
 
 
 def test_a_straddling_interval_is_not_decisive_even_when_the_point_misses() -> None:

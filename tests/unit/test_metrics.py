@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from certify import gates
+from certify import verdict
+from certify.gates.accuracy import accuracy_gate
 from certify.measure import accuracy
 from certify.metrics import METRICS
 from certify.plan import Measure
@@ -127,7 +128,7 @@ def test_evaluate_identical_candidate_keeps_everything() -> None:
     assert result["baseline"] == result["candidate"] == 1.0
     assert result["top1_agreement"] == 1.0 and result["samples"] == 500
     assert result["metric"] == "top1_accuracy" and result["higher_is_better"] and result["confidence"] == 0.95
-    assert gates.accuracy_gate(result, POLICIES["edge-strict"], "hint").verdict == gates.PASS
+    assert accuracy_gate(result, POLICIES["edge-strict"], "hint").verdict == verdict.PASS
 
 
 def test_evaluate_candidate_wrong_on_a_fifth_of_samples() -> None:
@@ -140,8 +141,8 @@ def test_evaluate_candidate_wrong_on_a_fifth_of_samples() -> None:
     low, high = result["interval"]
     assert 0.7 < low < 0.8 < high < 0.95
     assert result["top1_agreement"] == pytest.approx(0.8)
-    gate = gates.accuracy_gate(result, POLICIES["edge-default"], "hint")
-    assert gate.verdict == gates.FAIL and "80.0%" in gate.reason
+    gate = accuracy_gate(result, POLICIES["edge-default"], "hint")
+    assert gate.verdict == verdict.FAIL and "80.0%" in gate.reason
     # agreement with the baseline needs no labels and gives the same answer here
     agreement = accuracy.evaluate(METRICS["top1_agreement"], base, cand, None, MEASURE, 0.95)
     assert agreement["retention"] == pytest.approx(0.8) and agreement["interval"][1] < 0.95
@@ -170,10 +171,10 @@ def test_evaluate_lower_is_better_metric() -> None:
     # every resample has exactly twice the error, so the interval collapses onto 0.5
     assert result["retention"] == pytest.approx(0.5) and result["interval"] == pytest.approx([0.5, 0.5])
     assert not result["higher_is_better"]
-    assert gates.accuracy_gate(result, POLICIES["edge-default"], "hint").verdict == gates.FAIL
+    assert accuracy_gate(result, POLICIES["edge-default"], "hint").verdict == verdict.FAIL
     improved = accuracy.evaluate(METRICS["rmse"], base, better, labels, MEASURE, 0.95)
     assert improved["retention"] == pytest.approx(2.0)
-    assert gates.accuracy_gate(improved, POLICIES["edge-default"], "hint").verdict == gates.PASS
+    assert accuracy_gate(improved, POLICIES["edge-default"], "hint").verdict == verdict.PASS
 
 
 def test_evaluate_perfect_rmse_baseline_and_candidate() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from certify.errors import PlanError
-from certify.plan import find_plan, load_plan
+from certify.plan.load import find_plan, load_plan
 from tests.helpers.models import PLAN, candidate, tiny_project
 
 

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from certify import gates
+from certify import verdict
 from certify.errors import PlanError
+from certify.gates.speed import speed_gate, stability_gate
 from certify.measure import preflight, stats
-from certify.plan import Measure, load_plan
+from certify.plan import Measure
+from certify.plan.load import load_plan
 from certify.policy import POLICIES
 
 QUIET_LOOP = {"robust_cv": 0.008, "p90_over_p50": 1.02, "p99_over_p50": 1.1, "max_over_p50": 1.5, "slowdown": 0.95,
@@ -197,16 +199,16 @@ def speed_run(pre: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_speed_verdict_warns_on_a_too_noisy_host_and_says_what_was_widened() -> None:
     pre = {**record_of("too_noisy"), "widened": {"min_duration_s": [1.0, 2.0], "max_duration_s": [4.0, 8.0]}}
-    result = gates.speed_gate(speed_run(pre), POLICIES["edge-default"], "")
-    assert result.verdict == gates.PASS
+    result = speed_gate(speed_run(pre), POLICIES["edge-default"], "")
+    assert result.verdict == verdict.PASS
     assert "; host too noisy for the requested confidence: " in result.reason
     assert "(the run was widened: min_duration_s 1 -> 2, max_duration_s 4 -> 8)" in result.reason
     assert result.details["preflight"]["widened"] == "min_duration_s 1 -> 2, max_duration_s 4 -> 8"
     assert result.details["energy"] == {"available": False, "reason": "no energy counter readable here: RAPL: ..."}
-    noisy = gates.speed_gate(speed_run({**record_of("noisy"), "widened": {"max_iterations": [10, 20]}}),
+    noisy = speed_gate(speed_run({**record_of("noisy"), "widened": {"max_iterations": [10, 20]}}),
                              POLICIES["edge-default"], "")
     assert "too noisy" not in noisy.reason and noisy.details["preflight"]["widened"] == "max_iterations 10 -> 20"
-    ignored = gates.speed_gate(speed_run({**record_of("too_noisy", "ignore"), "widened": {}}),
+    ignored = speed_gate(speed_run({**record_of("too_noisy", "ignore"), "widened": {}}),
                                POLICIES["edge-default"], "")
     assert "too noisy" not in ignored.reason and ignored.details["preflight"]["widened"] == "nothing"
 
@@ -215,11 +217,11 @@ def test_a_stability_failure_on_a_noisy_host_says_the_host_was_noisy() -> None:
     run = speed_run({**record_of("noisy"), "widened": {}})
     run["candidate"]["latency"].update(p50_ms=1.0, p99_ms=9.0)  # p99/p50 9 > 3
     run["candidate"]["drift"] = run["baseline"]["drift"] = 0.0
-    failed = gates.stability_gate(run, POLICIES["edge-default"], "")
-    assert failed.verdict == gates.FAIL and failed.details["host_noise"] == "noisy"
+    failed = stability_gate(run, POLICIES["edge-default"], "")
+    assert failed.verdict == verdict.FAIL and failed.details["host_noise"] == "noisy"
     assert failed.reason.endswith("(the host was noisy when measured: calibration robust CV 0.2 >= 0.1; ...)")
-    quiet = gates.stability_gate({**run, "preflight": record_of("quiet")}, POLICIES["edge-default"], "")
-    assert quiet.verdict == gates.FAIL and "host was" not in quiet.reason and quiet.details["host_noise"] == "quiet"
+    quiet = stability_gate({**run, "preflight": record_of("quiet")}, POLICIES["edge-default"], "")
+    assert quiet.verdict == verdict.FAIL and "host was" not in quiet.reason and quiet.details["host_noise"] == "quiet"
 
 
 def too_noisy_loop(*_: Any, **__: Any) -> dict[str, Any]:
@@ -238,7 +240,7 @@ def test_refuse_on_a_too_noisy_host_is_an_error_for_speed_and_stability(
     run = CertificationRun(plan, tmp_path / "run", detect_host(), "run")
     for gate in ("speed", "stability"):
         result, record = run.evaluate(cases_for(plan, gate)[0])
-        assert result.verdict == gates.ERROR, result
+        assert result.verdict == verdict.ERROR, result
         assert result.reason.startswith("host too noisy for the requested confidence: calibration robust CV 0.3 "
                                         ">= 0.1; calibration p90/p50 2.6 >= 1.5; ")
         assert "nothing was measured" in result.reason and "rerun on a quiet host" in result.hint

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from certify.errors import PlanError
-from certify.plan import ModelPlan, load_plan
+from certify.plan import ModelPlan
+from certify.plan.load import load_plan
 from certify.recipes import Recipe, RecipeError
 from certify.recipes.build import BUILD_MARKER, made_by, materialize
 from tests.helpers.models import PLAN, mlp_project

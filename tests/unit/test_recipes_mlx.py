@@ -120,7 +120,7 @@ def test_no_quantizable_layer_is_a_recipe_error(tmp_path: Path) -> None:
 
 
 def test_the_recipe_builds_through_the_cache_from_a_plan(tmp_path: Path, recipe_cache: Path) -> None:
-    from certify.plan import load_plan
+    from certify.plan.load import load_plan
     from certify.recipes.build import made_by, materialize
 
     folder, _ = mlp_folder(tmp_path / "fp32")
@@ -152,7 +152,7 @@ recipe = {{ tool = "mlx", method = "quantize", bits = 8, group_size = 32 }}
 
 def test_an_mlx_lm_folder_builds_through_the_cache_from_a_plan(tmp_path: Path, recipe_cache: Path) -> None:
     pytest.importorskip("mlx_lm")
-    from certify.plan import load_plan
+    from certify.plan.load import load_plan
     from certify.recipes.build import made_by, materialize
     from tests.helpers.mlx_lm_models import mlx_lm_folder
 

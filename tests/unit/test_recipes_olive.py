@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from certify.backends.olive import OliveBackend, olive_facts
-from certify.plan import ModelPlan, ModelRef, load_plan
+from certify.plan import ModelPlan, ModelRef
+from certify.plan.load import load_plan
 from certify.recipes import RecipeError
 from certify.recipes.build import BUILD_MARKER, made_by, materialize
 from tests.helpers.models import PLAN, mlp_project

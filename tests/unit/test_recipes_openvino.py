@@ -14,7 +14,8 @@ import pytest
 
 from certify.digests import model_digest
 from certify.metrics import METRICS
-from certify.plan import Dataset, ModelPlan, load_plan
+from certify.plan import Dataset, ModelPlan
+from certify.plan.load import load_plan
 from certify.recipes import Recipe, RecipeError
 from certify.recipes import openvino as recipes
 from certify.recipes.build import BuildContext, made_by, materialize

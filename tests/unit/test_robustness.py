@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from certify.checks import probes
-from certify.checks import robustness as rb
 from certify.errors import ModelError
+from certify.gates import robustness as rb
+from certify.measure import probes
 
 PROBES = {p.name: p for p in (*rb.ARRAY_PROBES, *rb.LANGUAGE_MODEL_PROBES)}
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from certify import cli
-from certify.checks import model_formats, security
-from certify.checks.check import FAIL, NOT_APPLICABLE, PASS, WARN, Check
-from certify.checks.security import inspect
 from certify.digests import model_digest
+from certify.gates import security
+from certify.gates.security import inspect
+from certify.modelfiles import onnx_ir as model_formats
+from certify.modelfiles.check import FAIL, NOT_APPLICABLE, PASS, WARN, Check
 from certify.plan import ModelRef
 from tests.helpers import unsafe_models as unsafe
 
@@ -322,7 +323,7 @@ def test_a_secret_in_this_candidates_evidence_fails_naming_the_variable(tmp_path
 def test_the_gate_runs_through_the_runner_and_records_every_check(onnx_models: Path, tmp_path: Path) -> None:
     from certify.cases import cases_for
     from certify.hardware import detect_host
-    from certify.plan import load_plan
+    from certify.plan.load import load_plan
     from certify.runner import CertificationRun
     from tests.helpers.models import PLAN, build_dataset, candidate
 

@@ -1,4 +1,4 @@
-"""certify.checks.stress and certify.checks.load: the stress decision on synthetic figures (each check passing and
+"""certify.gates.stress and certify.measure.load: the stress decision on synthetic figures (each check passing and
 failing), the window, slope and thinning computations, and one real load run in a worker on a small ORT model."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from certify.checks import load, stress
-from certify.gates import FAIL, PASS
+from certify.gates import stress
+from certify.measure import load
 from certify.policy import POLICIES
+from certify.verdict import FAIL, PASS
 
 DEFAULT = POLICIES["edge-default"]
 HINT = "framework advice"
@@ -254,7 +255,7 @@ def test_a_real_run_of_a_small_onnx_model_passes(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from certify.cases import cases_for
     from certify.hardware import detect_host
-    from certify.plan import load_plan
+    from certify.plan.load import load_plan
     from certify.runner import CertificationRun
     from tests.helpers.models import PLAN, candidate, mlp_project
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from certify import attest, cli
-from certify.gates import FAIL, NOT_EVALUATED
+from certify.verdict import FAIL, NOT_EVALUATED
 from certify.verify import Request, verify
 from tests.helpers.certificates import all_pass, gate_result, results_doc
 from tests.helpers.signed import write_certificate, write_public_key

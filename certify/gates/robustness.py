@@ -1,10 +1,10 @@
 """Robustness gate: bad inputs sent straight to the runtime, each judged as a clear error, a safe result or unsafe,
 and after every one a valid request must still be answered as before.
 
-The probes (``certify.checks.probes``) call ``backend.infer`` (and ``tokenize``) directly, past ``prepare_feeds``:
+The probes (``certify.measure.probes``) call ``backend.infer`` (and ``tokenize``) directly, past ``prepare_feeds``:
 the runtime is under test, not the harness's own input checks. ``evaluate`` (the parent) sends them one at a time
-to a worker for the candidate through ``cmd_check(module="probes", function="probe")``; ``probe`` (in the worker)
-builds the bad request next to the loaded model, so an oversized batch never crosses the pipe, and reports what
+to a worker for the candidate as its ``probe`` command (``certify.measure.worker.IN_WORKER``); ``probe`` (in the
+worker) builds the bad request next to the loaded model, so an oversized batch never crosses the pipe, and reports what
 came back:
 
 - **clear error**: an exception whose first line is short and names the problem (a ``ModelError`` of our backend
@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from certify import gates
-from certify.checks.probes import (
+from certify.errors import CertifyError, WorkerCrashed
+from certify.measure.client import WorkerClient
+from certify.measure.probes import (
     ARRAY_PROBES,
     EMPTY,
     EQUIVALENT,
@@ -40,17 +41,14 @@ from certify.checks.probes import (
     first_line,
     same,
 )
-from certify.errors import CertifyError, WorkerCrashed
-from certify.gates import GateResult
-from certify.measure.client import WorkerClient
 from certify.plan import ModelRef
+from certify.verdict import FAIL, NOT_APPLICABLE, PASS, GateResult, errored, label
 
 if TYPE_CHECKING:
-    from certify.cases import Case
-    from certify.runner import CertificationRun
+    from certify.gates.context import GateContext
 
 CLEAR, UNCLEAR, SAFE, UNSAFE = "clear error", "unclear error", "safe result", "unsafe"
-NOT_APPLICABLE, PROBE_ERROR = "not applicable", "probe error"
+PROBE_ERROR = "probe error"
 
 MAX_CLEAR_CHARS = 300  # a first line longer than this is a dump, not an explanation
 VALID_ROWS, VALID_TOKENS = 8, 16  # the valid request: a few dataset rows (array models) or one short prompt
@@ -157,11 +155,11 @@ class Session:
         self.start()
 
     def serve(self) -> list[np.ndarray]:
-        return list(self.call("serve", self.timeout_s, key="valid"))
+        return list(self.call("serve_valid", self.timeout_s, key="valid"))
 
-    def call(self, function: str, timeout_s: float, **kwargs: Any) -> Any:
+    def call(self, command: str, timeout_s: float, **kwargs: Any) -> Any:
         assert self.client is not None
-        return self.client.call("check", timeout_s=timeout_s, module="probes", function=function, **kwargs)
+        return self.client.call(command, timeout_s=timeout_s, **kwargs)
 
     def still_serving(self, before: list[np.ndarray]) -> str:
         """'ok' when a valid request is answered as before the probes; else what went wrong (and a restart)."""
@@ -181,15 +179,15 @@ class Session:
             self.client = None
 
 
-def valid_request(run: CertificationRun, case: Case) -> dict[str, np.ndarray]:
+def valid_request(ctx: GateContext) -> dict[str, np.ndarray]:
     """One serving batch (``dataset.speed_batch_size`` dataset rows, at most ``VALID_ROWS``) for array models, one
     short prompt for language models: the request every probe is made from and that must be answered the same
     before and after each probe. Whether one bad value spoils the other rows of a batch is checked only when the
     deployment batches (a batch of 1 has no neighbours to spoil)."""
-    inputs, _ = run.data(case.model)
-    if case.model.dataset.text is not None:
+    inputs, _ = ctx.data()
+    if ctx.case.model.dataset.text is not None:
         return {k: np.asarray(a[:1, :VALID_TOKENS]) for k, a in inputs.items()}
-    rows = max(1, min(VALID_ROWS, case.model.dataset.speed_batch_size))
+    rows = max(1, min(VALID_ROWS, ctx.case.model.dataset.speed_batch_size))
     return {k: np.asarray(a[:rows]) for k, a in inputs.items()}
 
 
@@ -224,10 +222,10 @@ def run_probe(session: Session, probe: Probe, before: list[np.ndarray], limits: 
                        {k: v for k, v in seen.items() if k not in ("input", "duration_s", "message")})
 
 
-def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
-    probes = LANGUAGE_MODEL_PROBES if case.model.dataset.text is not None else ARRAY_PROBES
-    valid, timeout_s = valid_request(run, case), run.plan.measure.timeout_s
-    session, results, limits = Session(case.candidate, valid, timeout_s), [], {}
+def evaluate(ctx: GateContext) -> GateResult:
+    probes = LANGUAGE_MODEL_PROBES if ctx.case.model.dataset.text is not None else ARRAY_PROBES
+    valid, timeout_s = valid_request(ctx), ctx.plan.measure.timeout_s
+    session, results, limits = Session(ctx.case.candidate, valid, timeout_s), [], {}
     try:
         before = session.start()
         limits = limits_for(valid, session.loaded)
@@ -237,11 +235,11 @@ def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> 
             results.append(run_probe(session, probe_, before, limits, wait))
     finally:
         session.close()
-    measurement.update(
+    ctx.measurement.update(
         executed_device=session.loaded.get("executed_device"), restarts=session.restarts, limits=limits,
         valid_request={k: [str(a.dtype), list(a.shape)] for k, a in valid.items()},
         probes=[asdict(r) for r in results])
-    return verdict(results, run.hint(case))
+    return verdict(results, ctx.hint)
 
 
 def verdict(results: list[ProbeResult], hint: str = "") -> GateResult:
@@ -249,18 +247,18 @@ def verdict(results: list[ProbeResult], hint: str = "") -> GateResult:
     could not run; else PASS. The reason lists every probe's outcome."""
     unsafe = [r.name for r in results if r.outcome == UNSAFE]
     stopped = [r.name for r in results if r.serving_after not in ("ok", "not checked") and r.outcome != UNSAFE]
-    listed = "; ".join(f"{r.name}: {r.outcome}" + (f" ({r.note})" if r.outcome in (SAFE, UNSAFE, UNCLEAR) else "")
-                       for r in results)
+    listed = "; ".join(f"{r.name}: {label(r.outcome).lower()}"
+                       + (f" ({r.note})" if r.outcome in (SAFE, UNSAFE, UNCLEAR) else "") for r in results)
     details = {r.name: r.outcome for r in results}
     if unsafe or stopped:
         problems = ([f"unsafe: {', '.join(unsafe)}"] if unsafe else []) + (
             [f"stopped answering valid requests correctly after: {', '.join(stopped)}"] if stopped else [])
-        return GateResult("robustness", gates.FAIL, f"{'; '.join(problems)} -- {listed}",
+        return GateResult("robustness", FAIL, f"{'; '.join(problems)} -- {listed}",
                           hint=failure_hint(results, hint), details=details)
-    errored = [r.name for r in results if r.outcome == PROBE_ERROR]
-    if errored:
-        return gates.errored("robustness", f"probes that could not run: {', '.join(errored)} -- {listed}")
-    return GateResult("robustness", gates.PASS, f"{len(results)} probes, none unsafe, the runtime kept serving "
+    broken = [r.name for r in results if r.outcome == PROBE_ERROR]
+    if broken:
+        return errored("robustness", f"probes that could not run: {', '.join(broken)} -- {listed}")
+    return GateResult("robustness", PASS, f"{len(results)} probes, none unsafe, the runtime kept serving "
                       f"correctly -- {listed}", details=details)
 
 

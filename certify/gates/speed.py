@@ -1,84 +1,56 @@
-"""Measurements + policy -> verdicts. Every verdict carries its value, interval, threshold and reason,
-and a failing one a framework-specific hint for fixing it."""
+"""The speed and stability gates, from one paired run of baseline and candidate (interleaved A B B A blocks on
+identical inputs, each model in its own worker process, never concurrently with other measurements).
+
+- speed: median speedup >= ``min_speedup`` with an interval, decided on its lower bound by default;
+- stability: the candidate's p99/p50, robust coefficient of variation and unexplained drift within the policy's bounds.
+
+The paired run is kept in the evidence store, so the two gates of one case measure once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
 from typing import Any
 
+from certify.gates.context import GateContext
+from certify.measure import speed as speed_run
 from certify.policy import Policy
-
-PASS, FAIL, NOT_EVALUATED, ERROR = "pass", "fail", "not_evaluated", "error"
-
-
-@dataclass(frozen=True)
-class GateResult:
-    gate: str
-    verdict: str
-    reason: str
-    value: float | None = None
-    interval: tuple[float, float] | None = None
-    threshold: float | None = None
-    comparison: str = ">="
-    unit: str = ""
-    hint: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == PASS
-
-    def message(self) -> str:
-        text = f"{self.gate} gate {self.verdict.upper().replace('_', ' ')}: {self.reason}"
-        return text + (f"\n  hint: {self.hint}" if self.hint and not self.passed else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["interval"] = list(self.interval) if self.interval else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GateResult:
-        """The inverse of ``to_dict`` (a result read back from the evidence)."""
-        interval = data.get("interval")
-        return cls(**{**data, "interval": (interval[0], interval[1]) if interval else None})
+from certify.verdict import FAIL, PASS, GateResult, decide
 
 
-def _fmt(value: float, unit: str) -> str:
-    return f"{value:.1%}" if unit == "%" else f"{value:.3g}{unit}"
+def paired_speed(ctx: GateContext) -> dict[str, Any]:
+    """The paired speed run the speed and stability gates read. A language model is timed twice, prompt
+    processing (``prompt``) and generation (``decode``); the plan's ``dataset.speed`` picks the gated one and the
+    run carries both under ``language_model``."""
+    case, feeds, data = ctx.case, ctx.speed_feeds(), ctx.case.model.dataset
+    modes = ("infer",) if not data.text else ("decode", "prompt") if data.speed == "generation" \
+        else ("prompt", "decode")
+
+    def run(mode: str) -> dict[str, Any]:
+        return ctx.store.cached_json(f"{case.key}-speed-{mode}", lambda: speed_run.measure_speed(
+            case.model.baseline, case.candidate, feeds, ctx.plan.measure, ctx.policy.min_speedup,
+            ctx.policy.confidence, mode))
+
+    gated = run(modes[0])
+    if len(modes) == 1:
+        return gated
+    runs = {modes[0]: gated, modes[1]: run(modes[1])}
+    prompt_tokens = int(next(iter(feeds.values())).shape[1])
+    return {**gated, "language_model": speed_run.language_model_figures(runs["prompt"], runs["decode"],
+                                                                          prompt_tokens)}
 
 
-def decide(gate: str, label: str, value: float, interval: tuple[float, float] | None, threshold: float, *,
-           policy: Policy, unit: str = "", higher_is_better: bool = True, hint: str = "",
-           details: dict[str, Any] | None = None) -> GateResult:
-    """Pass when the estimate clears the threshold: its whole interval under the ``lower_bound`` rule,
-    the point estimate under ``point``. An interval straddling the threshold fails as *not decisive*."""
-    cmp = ">=" if higher_is_better else "<="
-    bound = value if interval is None or policy.decision == "point" else (
-        interval[0] if higher_is_better else interval[1])
-    ok = bound >= threshold if higher_is_better else bound <= threshold
-    ci = ""
-    if interval is not None:
-        ci = f" ({policy.confidence:.0%} CI {_fmt(interval[0], unit)} to {_fmt(interval[1], unit)})"
-    point_ok = value >= threshold if higher_is_better else value <= threshold
-    straddles = interval is not None and min(interval) < threshold < max(interval)
-    if ok:
-        reason = f"{label} {_fmt(value, unit)}{ci} {cmp} {_fmt(threshold, unit)}"
-    elif point_ok or straddles:  # either side of the threshold is still possible: say so, whichever the point
-        reason = (f"{label} {_fmt(value, unit)} but its interval{ci} does not clear {_fmt(threshold, unit)}: "
-                  "not decisive (measure longer, or on a quieter machine)")
-    else:
-        reason = f"{label} {_fmt(value, unit)}{ci}, required {cmp} {_fmt(threshold, unit)}"
-    return GateResult(gate, PASS if ok else FAIL, reason, value, interval, threshold, cmp, unit,
-                      "" if ok else hint, details or {})
+def evaluate(ctx: GateContext) -> GateResult:
+    run = paired_speed(ctx)
+    ctx.measurement.update(run)
+    return speed_gate(run, ctx.policy, ctx.hint)
 
 
-def accuracy_gate(acc: dict[str, Any], policy: Policy, hint: str) -> GateResult:
-    details = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples")}
-    label = f"{acc['metric']} retention ({acc['candidate']:.4g} vs baseline {acc['baseline']:.4g})"
-    interval = (acc["interval"][0], acc["interval"][1])
-    return decide("accuracy", label, acc["retention"], interval, policy.min_accuracy_retention,
-                  policy=policy, unit="%", hint=hint, details=details)
+def evaluate_stability(ctx: GateContext) -> GateResult:
+    run = paired_speed(ctx)
+    ctx.measurement.update({k: run[k] for k in ("candidate", "samples", "duration_s", "stop_reason")},
+                           candidate_ns=run["candidate_ns"], preflight=run.get("preflight"))
+    return stability_gate(run, ctx.policy, ctx.hint)
 
 
 def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
@@ -112,7 +84,7 @@ def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
                     hint=hint, details=details)
     pre = speed.get("preflight") or {}
     if pre.get("warning") and pre.get("option") == "warn":
-        return replace(result, reason=f"{result.reason}; {pre['warning']} (the run was widened: "
+        return dataclasses.replace(result, reason=f"{result.reason}; {pre['warning']} (the run was widened: "
                        f"{_widened(pre.get('widened', {}))})")
     return result
 
@@ -139,25 +111,6 @@ def _host_conditions(speed: dict[str, Any]) -> dict[str, Any]:
 
 ENERGY_DETAILS = ("available", "reason", "per", "energy_ratio", "energy_ratio_is", "baseline", "candidate", "total_of",
                   "scope")
-
-
-def memory_gate(base: dict[str, Any], cand: dict[str, Any], policy: Policy, hint: str) -> GateResult:
-    value = 1.0 - cand["model_bytes"] / base["model_bytes"] if base["model_bytes"] > 0 else 0.0
-    interval = (1.0 - cand["max"] / max(base["min"], 1), 1.0 - cand["min"] / max(base["max"], 1))
-    mib = 1024 * 1024
-    label = f"memory reduction ({base['model_bytes'] / mib:.1f} MiB -> {cand['model_bytes'] / mib:.1f} MiB)"
-    details = {"baseline_bytes": base["model_bytes"], "candidate_bytes": cand["model_bytes"],
-               "baseline_file_bytes": base["file_bytes"], "candidate_file_bytes": cand["file_bytes"],
-               "method": cand["method"], "counts": "resident set, weights mapped from the model file included",
-               "baseline_mapped_bytes": base.get("mapped_model_bytes"),
-               "candidate_mapped_bytes": cand.get("mapped_model_bytes"),
-               "baseline_bytes_without_mapped": base.get("model_bytes_without_mapped"),
-               "candidate_bytes_without_mapped": cand.get("model_bytes_without_mapped")}
-    mapped = cand.get("mapped_model_bytes") or 0
-    if mapped:
-        label += f" of which {mapped / mib:.1f} MiB are the candidate's file pages mapped (counted)"
-    return decide("memory", label, value, interval, policy.min_memory_reduction, policy=policy, unit="%",
-                  hint=hint, details=details)
 
 
 def unexplained_drift(speed: dict[str, Any]) -> float:
@@ -189,11 +142,3 @@ def stability_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResu
                           policy.max_p99_over_p50, "<=", "x", hint, details)
     return GateResult("stability", PASS, f"latency stable: {summary}", tail, None, policy.max_p99_over_p50,
                       "<=", "x", "", details)
-
-
-def not_evaluated(gate: str, reason: str) -> GateResult:
-    return GateResult(gate, NOT_EVALUATED, reason)
-
-
-def errored(gate: str, reason: str, hint: str = "") -> GateResult:
-    return GateResult(gate, ERROR, reason, hint=hint)

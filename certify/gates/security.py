@@ -2,15 +2,15 @@
 
 - **digest**: the files are the ones the plan pins (``sha256``; the baseline's too when it pins one), digested as
   ``certify digest`` and the certificate do (``certify.digests``: a manifest for multi-file models).
-- **onnx** and **openvino**: ``certify.checks.model_formats`` (external data, custom operators and extension
+- **onnx** and **openvino**: ``certify.modelfiles.onnx_ir`` (external data, custom operators and extension
   opsets, metadata, the ``.bin`` holding every constant, no DTD).
-- **gguf**: read with a bounded reader of its own (``certify.checks.gguf_header``): counts, strings and arrays
+- **gguf**: read with a bounded reader of its own (``certify.modelfiles.gguf_header``): counts, strings and arrays
   bounded, every tensor's data within the file, the architecture named, a chat template of sane length (recorded
   by digest: it is Jinja run at inference).
 - **code**: pickle files (they run code when loaded); a Python factory or Python files in a model folder.
 - **secrets**: no secret from the environment in the run's evidence (``certify.secrets``).
 
-Every check (``certify.checks.check.Check``) is recorded with its status (pass, fail, warn, not_applicable, or
+Every check (``certify.modelfiles.check.Check``) is recorded with its status (pass, fail, warn, not_applicable, or
 not_evaluated when a package it needs is missing) and its reason; the gate fails when any check fails, and a
 passing reason lists the warnings.
 """
@@ -23,20 +23,18 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certify import gates
-from certify.checks.check import FAIL, KIB, MIB, NOT_APPLICABLE, NOT_EVALUATED, PASS, WARN, Check
-from certify.checks.gguf_header import GGUFError, gguf_extents, read_gguf, tensor_sizes
-from certify.checks.model_formats import ir_checks, onnx_checks
 from certify.digests import model_digest, model_files
 from certify.errors import CertifyError
 from certify.evidence import EVIDENCE_FILE
-from certify.gates import GateResult
+from certify.modelfiles.check import FAIL, KIB, MIB, NOT_APPLICABLE, NOT_EVALUATED, PASS, WARN, Check
+from certify.modelfiles.gguf_header import GGUFError, gguf_extents, read_gguf, tensor_sizes
+from certify.modelfiles.onnx_ir import ir_checks, onnx_checks
 from certify.plan import ModelRef
 from certify.secrets import scan, secret_values
+from certify.verdict import GateResult, not_evaluated
 
 if TYPE_CHECKING:
-    from certify.cases import Case
-    from certify.runner import CertificationRun
+    from certify.gates.context import GateContext
 
 MAX_CHAT_TEMPLATE = 64 * KIB
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"})
@@ -45,10 +43,10 @@ NOT_PICKLE_SUFFIXES = frozenset({".onnx", ".xml", ".gguf", ".json", ".safetensor
 LEGACY_TORCH = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's magic number, pickled
 
 
-def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
-    checks = inspect(case.candidate, case.model.baseline)
-    checks.append(secrets_check(run.store.run_dir / EVIDENCE_FILE, case.id, measurement))
-    measurement["checks"] = [c.to_dict() for c in checks]
+def evaluate(ctx: GateContext) -> GateResult:
+    checks = inspect(ctx.case.candidate, ctx.case.model.baseline)
+    checks.append(secrets_check(ctx.store.run_dir / EVIDENCE_FILE, ctx.case.id, ctx.measurement))
+    ctx.measurement["checks"] = [c.to_dict() for c in checks]
     return verdict(checks)
 
 
@@ -57,16 +55,16 @@ def verdict(checks: list[Check]) -> GateResult:
     failed = [c for c in checks if c.status == FAIL]
     if failed:
         hint = " | ".join(dict.fromkeys(c.hint for c in failed if c.hint))
-        return GateResult("security", gates.FAIL, "; ".join(f"{c.name}: {c.reason}" for c in failed),
+        return GateResult("security", FAIL, "; ".join(f"{c.name}: {c.reason}" for c in failed),
                           hint=hint, details=details)
     missing = [c for c in checks if c.status == NOT_EVALUATED]
     if missing:
-        return gates.not_evaluated("security", "; ".join(f"{c.name}: {c.reason}" for c in missing))
+        return not_evaluated("security", "; ".join(f"{c.name}: {c.reason}" for c in missing))
     passed = [c.name for c in checks if c.status == PASS]
     warned = [f"{c.name}: {c.reason}" for c in checks if c.status == WARN]
     reason = f"{len(passed)} checks passed ({', '.join(passed)})" + (f"; warnings: {'; '.join(warned)}" if warned
                                                                       else "")
-    return GateResult("security", gates.PASS, reason, details=details)
+    return GateResult("security", PASS, reason, details=details)
 
 
 def inspect(candidate: ModelRef, baseline: ModelRef | None = None) -> list[Check]:

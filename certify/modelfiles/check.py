@@ -1,12 +1,15 @@
 """One static check of a model's files, as the ``security`` gate records it: its name, status and reason, and
-the statuses a check can have (``not_evaluated`` when a package it needs is missing)."""
+the statuses a check can have (the words of ``certify.verdict``; ``not_evaluated`` when a package it needs is
+missing)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PASS, FAIL, WARN, NOT_APPLICABLE, NOT_EVALUATED = "pass", "fail", "warn", "not_applicable", "not_evaluated"
+from certify.verdict import FAIL, NOT_APPLICABLE, NOT_EVALUATED, PASS, WARN
+
+__all__ = ["FAIL", "KIB", "MIB", "NOT_APPLICABLE", "NOT_EVALUATED", "PASS", "WARN", "Check"]
 KIB, MIB = 1024, 1024 * 1024
 
 

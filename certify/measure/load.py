@@ -1,5 +1,5 @@
 """The stress gate's load generator: runs inside the measurement worker, next to the loaded model, reached as
-``worker.call("check", module="load", function="serve", ...)``.
+``worker.call("serve_load", ...)`` (``certify.measure.worker.IN_WORKER``).
 
 Phases, one after the other on the one loaded model:
 

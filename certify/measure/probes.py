@@ -6,7 +6,7 @@ function="probe")``: it builds the bad request next to the loaded model from the
 so an oversized batch never crosses the pipe, sends it straight to ``backend.infer`` (and ``tokenize``), past
 ``prepare_feeds``, and reports what came back: the exception (type, first line) or a summary of the answer judged
 against what it should be. ``serve`` answers the valid request. The parent side, which classifies the reports,
-restarts a worker a probe killed and gives the verdict, is ``certify.checks.robustness``.
+restarts a worker a probe killed and gives the verdict, is ``certify.gates.robustness``.
 """
 
 from __future__ import annotations
@@ -288,3 +288,15 @@ def _describe(request: Request) -> str:
         return f"text {request.text.encode('utf-8', 'surrogateescape')!r}"
     assert request.feeds is not None
     return ", ".join(f"{k} {a.dtype} {list(a.shape)}" for k, a in request.feeds.items())
+
+
+def fail_next_infer(worker: Any) -> None:
+    """In the worker: make the backend's next ``infer`` raise, as a runtime error mid-stream would; the one after it
+    runs the backend's own ``infer`` again."""
+    backend = worker.backend
+
+    def failing(feeds: Any) -> Any:
+        del backend.infer  # the instance attribute goes: the class's infer serves the next request
+        raise RuntimeError("injected fault: the runtime raised in the middle of a request stream")
+
+    backend.infer = failing

@@ -1,6 +1,6 @@
 """The stress gate: sustained concurrent load on one loaded candidate, in its own worker.
 
-The load itself runs inside the worker (``certify.checks.load``); this module picks the requests, bounds the run in
+The load itself runs inside the worker (``certify.measure.load``); this module picks the requests, bounds the run in
 time, turns the worker's records into figures (``analyse``) and the figures into a verdict (``stress_gate``, a pure
 function). The gate fails on any of: a failed request, p99 latency under load more than ``max_load_p99_ratio`` times
 the p99 in isolation (closed loop, and open loop when ``[stress] rate`` > 0), completions per second in the last of
@@ -16,18 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from certify import gates
-from certify.backends import resolve_backend
-from certify.errors import CertifyError
-from certify.gates import GateResult
+from certify import verdict
 from certify.measure import stats
 from certify.measure.client import WorkerClient
 from certify.plan import Measure, Stress
 from certify.policy import Policy
+from certify.verdict import GateResult
 
 if TYPE_CHECKING:
-    from certify.cases import Case
-    from certify.runner import CertificationRun
+    from certify.gates.context import GateContext
 
 MAX_DISTINCT_REQUESTS = 8
 MIN_WINDOW_COMPLETIONS = 10  # fewer in the first window: the decay is not measurable (run longer)
@@ -40,17 +37,6 @@ MIB = 1024 * 1024
 SCHEDULING_FLOOR_MS = 1.0  # p99s below it count as it: sub-millisecond tails on a time-shared CPU are the scheduler's
 Check = tuple[str, bool, str]  # (name, broken, what was measured against what limit, and why when broken)
 
-FRAMEWORK_HINTS = {
-    "onnxruntime": "keep intra_op threads x clients within the physical cores and disable spinning "
-                   "(options.session_config session.intra_op.allow_spinning = 0); memory that grows with load: "
-                   "cap the CPU arena (session_config) or disable it",
-    "openvino": "serve concurrent clients with options.performance_hint = 'THROUGHPUT' or num_streams = clients (each "
-                "infer request then gets its own stream) and threads set to the physical cores",
-    "llamacpp": "one llama.cpp context serves one request at a time (clients take turns): give each concurrent "
-                "client its own context (memory grows with n_ctx x contexts) or shorten turns (n_ctx, n_batch)",
-    "mlx": "an MLX model serves one request at a time here (clients take turns): batch concurrent requests instead",
-}
-FRAMEWORK_HINTS["olive"] = FRAMEWORK_HINTS["onnxruntime"]
 CHECK_HINTS = {
     "errors": "reproduce the first error alone with the same input; a runtime that fails only under load shares "
               "state between calls",
@@ -77,7 +63,7 @@ def distinct_requests(inputs: dict[str, np.ndarray], batch_size: int) -> list[di
 def budget_s(stress: Stress, measure: Measure) -> tuple[float, float]:
     """(drain, whole call): how long a phase waits for requests still running at its end, and the deadline of the
     worker call that runs the load (isolation, each phase with its drain, and one request's allowance)."""
-    from certify.checks.load import isolated_bounds
+    from certify.measure.load import isolated_bounds
 
     drain = min(measure.timeout_s, DRAIN_S)
     phases = 2 if stress.rate > 0 else 1
@@ -89,8 +75,8 @@ HOST_TIMING_CHECKS = frozenset({"p99", "decay"})  # checks that follow the host'
 BUSY_HOST_CORES = 0.5  # other processes keeping this many cores busy during the run make a timing failure suspect
 
 
-def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
-    """Load the candidate in a fresh worker, run the load there (``certify.checks.load.serve``) within a bounded
+def evaluate(ctx: GateContext) -> GateResult:
+    """Load the candidate in a fresh worker, run the load there (``certify.measure.load.serve``) within a bounded
     time, and judge it. A worker that dies or overruns raises (the runner makes that the candidate's FAIL).
 
     When only timing checks (p99, decay) broke while other processes kept at least ``BUSY_HOST_CORES`` busy, the
@@ -98,27 +84,27 @@ def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> 
     in the evidence). A leak, an error or a wrong output is never re-measured away."""
     attempts: list[dict[str, Any]] = []
     while True:
-        figures, loaded, batch = _measure_once(run, case)
-        result = stress_gate(figures, run.plan.policy_for(case.candidate), stress_hint(run, case))
+        figures, loaded, batch = _measure_once(ctx)
+        result = stress_gate(figures, ctx.policy, ctx.hint)
         attempts.append({"verdict": result.verdict, "broken": result.details.get("broken", []),
                          "other_processes_cores": busiest_other_cores(figures)})
         if result.passed or len(attempts) == 2 or not host_may_explain(result, figures):
             break
-    measurement.update(figures, load_s=loaded["load_s"], info=loaded["info"], batch_size=batch,
-                       stress=asdict(run.plan.stress), attempts=attempts)
+    ctx.measurement.update(figures, load_s=loaded["load_s"], info=loaded["info"], batch_size=batch,
+                           stress=asdict(ctx.plan.stress), attempts=attempts)
     return result
 
 
-def _measure_once(run: CertificationRun, case: Case) -> tuple[dict[str, Any], dict[str, Any], int]:
-    stress, measure = run.plan.stress, run.plan.measure
-    requests = distinct_requests(run.data(case.model)[0], case.model.dataset.speed_batch_size)
+def _measure_once(ctx: GateContext) -> tuple[dict[str, Any], dict[str, Any], int]:
+    case, stress, measure = ctx.case, ctx.plan.stress, ctx.plan.measure
+    requests = distinct_requests(ctx.data()[0], case.model.dataset.speed_batch_size)
     drain, deadline = budget_s(stress, measure)
-    with WorkerClient("candidate", case.candidate, measure.timeout_s) as worker:
-        loaded = worker.call("load", ref=case.candidate)
+    with WorkerClient("candidate", ctx.case.candidate, measure.timeout_s) as worker:
+        loaded = worker.call("load", ref=ctx.case.candidate)
         keys = [f"stress-{i}" for i in range(len(requests))]
         for key, arrays in zip(keys, requests, strict=True):
             worker.call("feeds", key=key, arrays=arrays)
-        served = worker.call("check", timeout_s=deadline, module="load", function="serve", keys=keys,
+        served = worker.call("serve_load", timeout_s=deadline, keys=keys,
                              clients=stress.clients, duration_s=stress.duration_s, rate=stress.rate,
                              windows=stress.windows, sample_every=stress.sample_every, seed=measure.seed,
                              drain_s=drain)
@@ -138,20 +124,6 @@ def host_may_explain(result: GateResult, figures: dict[str, Any]) -> bool:
     broken = set(result.details.get("broken", []))
     busy = busiest_other_cores(figures)
     return bool(broken) and broken <= HOST_TIMING_CHECKS and busy is not None and busy >= BUSY_HOST_CORES
-
-
-def stress_hint(run: CertificationRun, case: Case) -> str:
-    """The backend's own ``hints['stress']``, else this module's advice for its framework (or the one it derives
-    from)."""
-    own = run.hint(case)
-    if own:
-        return own
-    try:
-        backend = resolve_backend(case.candidate.framework)
-    except CertifyError:
-        return ""
-    return next((FRAMEWORK_HINTS[n] for n in (getattr(c, "name", "") for c in backend.__mro__)
-                 if n in FRAMEWORK_HINTS), "")
 
 
 def throughput_windows(completions: np.ndarray, windows: int, bucket_s: float) -> list[float]:
@@ -378,7 +350,7 @@ def stress_gate(figures: dict[str, Any], policy: Policy, hint: str) -> GateResul
     broken = [(name, text) for name, broken, text in checks if broken]
     if broken:
         advice = "; ".join(dict.fromkeys([hint] * bool(hint) + [CHECK_HINTS[name] for name, _ in broken]))
-        return GateResult("stress", gates.FAIL, f"under load ({load}): " + "; ".join(t for _, t in broken),
+        return GateResult("stress", verdict.FAIL, f"under load ({load}): " + "; ".join(t for _, t in broken),
                           figures["p99_ratio"], None, policy.max_load_p99_ratio, "<=", "x", advice, details)
-    return GateResult("stress", gates.PASS, f"sustained load held ({load}): " + "; ".join(t for _, _, t in checks),
+    return GateResult("stress", verdict.PASS, f"sustained load held ({load}): " + "; ".join(t for _, _, t in checks),
                       figures["p99_ratio"], None, policy.max_load_p99_ratio, "<=", "x", "", details)

@@ -27,24 +27,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from certify import gates
+from certify import verdict
 from certify.backends import resolve_backend
-from certify.checks.probes import first_line
 from certify.digests import model_files
 from certify.errors import CertifyError, WorkerCrashed
-from certify.gates import GateResult
 from certify.hardware import DEVICES
 from certify.measure import accuracy
 from certify.measure.client import WorkerClient
+from certify.measure.probes import first_line
 from certify.plan import ModelRef
 from certify.policy import Policy
 from certify.recipes.build import materialize
+from certify.verdict import FAIL, NOT_APPLICABLE, PASS, GateResult, label
 
 if TYPE_CHECKING:
-    from certify.cases import Case
-    from certify.runner import CertificationRun
+    from certify.gates.context import GateContext
 
-PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "not applicable"
 LABELS = {"device": "device fallback", "load_failure": "load failure", "recovery": "recovery"}
 SAMPLE_ROWS, SAMPLE_PROMPTS = 32, 2  # the few dataset inputs every scenario answers
 STREAM_REQUESTS = 3  # requests served before the fault
@@ -55,7 +53,7 @@ UNCLEAR_LOAD = "load failed:"  # how the worker reports an exception the backend
 
 @dataclass
 class Scenario:
-    verdict: str  # pass, fail or not applicable
+    verdict: str  # PASS, FAIL or NOT_APPLICABLE (certify.verdict)
     reason: str
     hint: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
@@ -93,10 +91,10 @@ def executed_class(executed: str, info: dict[str, Any]) -> str:
     return first if first in DEVICES else "unknown"
 
 
-def missing_device(run: CertificationRun, ref: ModelRef) -> str:
+def missing_device(ctx: GateContext, ref: ModelRef) -> str:
     """Why the candidate's preferred device is missing here ('' when it is present): the runner's own check, or
     the backend asked about that device alone (``AUTO:GPU,CPU`` is available wherever CPU is; GPU may not be)."""
-    reason: str = run._cannot_run(ref)
+    reason: str = ctx.cannot_run(ref)
     if reason:
         return reason
     try:
@@ -107,9 +105,9 @@ def missing_device(run: CertificationRun, ref: ModelRef) -> str:
     return "" if ok else detail
 
 
-def sample(run: CertificationRun, case: Case) -> dict[str, np.ndarray]:
-    inputs, _ = run.data(case.model)
-    rows = SAMPLE_PROMPTS if case.model.dataset.text is not None else SAMPLE_ROWS
+def sample(ctx: GateContext) -> dict[str, np.ndarray]:
+    inputs, _ = ctx.data()
+    rows = SAMPLE_PROMPTS if ctx.case.model.dataset.text is not None else SAMPLE_ROWS
     return {k: np.asarray(a[:rows]) for k, a in inputs.items()}
 
 
@@ -135,12 +133,12 @@ def reference_answers(ref: ModelRef, inputs: dict[str, np.ndarray], batch: int, 
 # ------------------------------------------------------------------------------------------- 1. device
 
 
-def device_scenario(run: CertificationRun, case: Case, inputs: dict[str, np.ndarray]) -> Scenario:
-    ref, batch, measure = case.candidate, case.model.dataset.batch_size, run.plan.measure
+def device_scenario(ctx: GateContext, inputs: dict[str, np.ndarray]) -> Scenario:
+    ref, batch, measure = ctx.case.candidate, ctx.case.model.dataset.batch_size, ctx.plan.measure
     if ref.device_class == "cpu":
         return Scenario(NOT_APPLICABLE, "the candidate asks for the CPU: there is no device to fall back from")
     preferred = preferred_device(ref)
-    missing = missing_device(run, ref)
+    missing = missing_device(ctx, ref)
     if not missing:
         return Scenario(NOT_APPLICABLE, f"the preferred device {preferred} is present")
     evidence: dict[str, Any] = {"requested": ref.device, "providers": list(ref.providers), "preferred": preferred,
@@ -193,15 +191,15 @@ def refused(ref: ModelRef, preferred: str, exc: CertifyError, evidence: dict[str
 # ------------------------------------------------------------------------------------------- 2. load failure
 
 
-def fallback_model(run: CertificationRun, case: Case) -> ModelRef:
+def fallback_model(ctx: GateContext) -> ModelRef:
     """The model the plan names to serve when the candidate fails to load (a recipe's candidate built, or taken
     from the build cache: the runner's ``built`` would wait for the measurement lock this gate already holds)."""
-    name = case.candidate.fallback
+    name = ctx.case.candidate.fallback
     if name == "baseline":
-        return case.model.baseline
-    named = next(c for c in case.model.candidates if c.name == name)
-    policy: Policy = run.plan.policy_for(named)
-    return materialize(case.model, named, max_drop=1.0 - policy.min_accuracy_retention, seed=run.plan.measure.seed)
+        return ctx.case.model.baseline
+    named = next(c for c in ctx.case.model.candidates if c.name == name)
+    policy: Policy = ctx.plan.policy_for(named)
+    return materialize(ctx.case.model, named, max_drop=1.0 - policy.min_accuracy_retention, seed=ctx.plan.measure.seed)
 
 
 def corrupted_copy(ref: ModelRef, folder: Path) -> ModelRef:
@@ -224,11 +222,11 @@ def corrupted_copy(ref: ModelRef, folder: Path) -> ModelRef:
     return replace(ref, path=target, sha256=None)
 
 
-def load_failure_scenario(run: CertificationRun, case: Case, inputs: dict[str, np.ndarray], policy: Policy) -> Scenario:
-    ref, batch, measure = case.candidate, case.model.dataset.batch_size, run.plan.measure
+def load_failure_scenario(ctx: GateContext, inputs: dict[str, np.ndarray], policy: Policy) -> Scenario:
+    ref, batch, measure = ctx.case.candidate, ctx.case.model.dataset.batch_size, ctx.plan.measure
     if ref.fallback is None:
         return Scenario(NOT_APPLICABLE, "the plan names no fallback model (set fallback = 'baseline')")
-    target = fallback_model(run, case)
+    target = fallback_model(ctx)
     reference_first, reference = reference_answers(target, inputs, batch, measure.timeout_s, "fallback")
     with tempfile.TemporaryDirectory(prefix="certify-fallback-") as folder:
         broken = corrupted_copy(ref, Path(folder))
@@ -295,21 +293,9 @@ def judge_load_failure(name: str, evidence: dict[str, Any], policy: Policy) -> S
 # ------------------------------------------------------------------------------------------- 3. recovery
 
 
-def fail_next_infer(worker: Any) -> None:
-    """In the worker: make the backend's next ``infer`` raise, as a runtime error mid-stream would; the one after it
-    runs the backend's own ``infer`` again."""
-    backend = worker.backend
-
-    def failing(feeds: Any) -> Any:
-        del backend.infer  # the instance attribute goes: the class's infer serves the next request
-        raise RuntimeError("injected fault: the runtime raised in the middle of a request stream")
-
-    backend.infer = failing
-
-
 def in_process_fault(worker: WorkerClient, batch: int, before: np.ndarray) -> dict[str, Any]:
     """Inject an exception into the backend's next inference; the request after it must be served correctly."""
-    worker.call("check", module="fallback", function="fail_next_infer")
+    worker.call("fail_next_infer")
     try:
         worker.call("predict", key="fallback", batch_size=batch)
         raised = ""
@@ -322,8 +308,8 @@ def in_process_fault(worker: WorkerClient, batch: int, before: np.ndarray) -> di
     return {"raised": raised, "next_request_ok": ok and bool(raised), "max_abs_difference": diff}
 
 
-def recovery_scenario(run: CertificationRun, case: Case, inputs: dict[str, np.ndarray], policy: Policy) -> Scenario:
-    ref, batch, timeout_s = case.candidate, case.model.dataset.batch_size, run.plan.measure.timeout_s
+def recovery_scenario(ctx: GateContext, inputs: dict[str, np.ndarray], policy: Policy) -> Scenario:
+    ref, batch, timeout_s = ctx.case.candidate, ctx.case.model.dataset.batch_size, ctx.plan.measure.timeout_s
     with WorkerClient("candidate", ref, timeout_s) as worker:
         worker.call("load", ref=ref)
         before_first, before = first_answer(worker, inputs), answer(worker, inputs, batch)
@@ -379,35 +365,36 @@ def guarded(scenario: Any, *args: Any) -> Scenario:
     return result
 
 
-def evaluate(run: CertificationRun, case: Case, measurement: dict[str, Any]) -> GateResult:
-    policy, inputs = run.plan.policy_for(case.candidate), sample(run, case)
-    scenarios = {"device": guarded(device_scenario, run, case, inputs)}
-    scenarios["load_failure"] = guarded(load_failure_scenario, run, case, inputs, policy)
+def evaluate(ctx: GateContext) -> GateResult:
+    policy, inputs = ctx.policy, sample(ctx)
+    scenarios = {"device": guarded(device_scenario, ctx, inputs)}
+    scenarios["load_failure"] = guarded(load_failure_scenario, ctx, inputs, policy)
     if scenarios["device"].evidence.get("loads") is False:
         scenarios["recovery"] = Scenario(NOT_APPLICABLE, "the candidate does not load on this host (see device "
                                          "fallback): there is nothing to recover")
     else:
-        scenarios["recovery"] = guarded(recovery_scenario, run, case, inputs, policy)
-    measurement.update(sample_inputs=len(next(iter(inputs.values()))),
+        scenarios["recovery"] = guarded(recovery_scenario, ctx, inputs, policy)
+    ctx.measurement.update(sample_inputs=len(next(iter(inputs.values()))),
                        scenarios={name: asdict(s) for name, s in scenarios.items()})
-    return combine(scenarios, policy, run.hint(case))
+    return combine(scenarios, policy, ctx.hint)
 
 
 def combine(scenarios: dict[str, Scenario], policy: Policy, backend_hint: str = "") -> GateResult:
     """FAIL when an applicable scenario fails, PASS when all applicable ones pass, NOT EVALUATED when none applies.
     The value is the recovery time after the kill (when measured), against ``max_recovery_s``."""
-    listed = "; ".join(f"{LABELS.get(name, name)}: {s.verdict} ({s.reason})" for name, s in scenarios.items())
+    listed = "; ".join(f"{LABELS.get(name, name)}: {label(s.verdict).lower()} ({s.reason})"
+                       for name, s in scenarios.items())
     applicable = {name: s for name, s in scenarios.items() if s.verdict != NOT_APPLICABLE}
     if not applicable:
-        return gates.not_evaluated("fallback", f"no fallback scenario applies here -- {listed}")
+        return verdict.not_evaluated("fallback", f"no fallback scenario applies here -- {listed}")
     details = {name: s.verdict for name, s in scenarios.items()}
     recovery = scenarios.get("recovery")
     value = recovery.evidence.get("recovery_s") if recovery is not None else None
     failed = [name for name, s in applicable.items() if s.verdict == FAIL]
     if failed:
         hints = [applicable[name].hint for name in failed if applicable[name].hint] + [backend_hint]
-        return GateResult("fallback", gates.FAIL, f"{', '.join(LABELS.get(n, n) for n in failed)} failed -- {listed}",
+        return GateResult("fallback", FAIL, f"{', '.join(LABELS.get(n, n) for n in failed)} failed -- {listed}",
                           value=value, threshold=policy.max_recovery_s, comparison="<=", unit="s",
                           hint="; ".join(h for h in dict.fromkeys(hints) if h), details=details)
-    return GateResult("fallback", gates.PASS, listed, value=value, threshold=policy.max_recovery_s,
+    return GateResult("fallback", PASS, listed, value=value, threshold=policy.max_recovery_s,
                       comparison="<=", unit="s", details=details)

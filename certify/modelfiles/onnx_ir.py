@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from certify.checks.check import FAIL, KIB, NOT_APPLICABLE, NOT_EVALUATED, PASS, WARN, Check
 from certify.digests import onnx_tensors
 from certify.errors import CertifyError
+from certify.modelfiles.check import FAIL, KIB, NOT_APPLICABLE, NOT_EVALUATED, PASS, WARN, Check
 
 ONNX_DOMAINS = frozenset({  # what onnx.defs and onnxruntime's CPU kernels implement: no custom-op library needed
     "", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training", "com.microsoft",

@@ -1,0 +1,66 @@
+"""A plan file collected as a pytest file: ``certify.toml`` (or a ``pyproject.toml`` with ``[tool.certify]``) in the
+rootdir or given on the command line holds one node per candidate and one item per gate under it::
+
+    certify.toml::digits-mlp/int8-dynamic::speed
+
+Each item carries the markers of its candidate's target (platform, device class, framework) and its gate, so
+``pytest -m intel``, ``pytest -m "speed and cpu"``, ``pytest certify.toml -k int8`` and ``pytest -n 2`` select and
+spread cases as for any test. Running an item is ``certify.session.judge``, as for the packaged suites."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certify.cases import Case
+from certify.plan import ModelPlan, ModelRef
+from certify.session import STATE, case_property, judge
+
+
+class PlanFile(pytest.File):
+    """The session's plan: one ``CandidateNode`` per (model, candidate), in plan order."""
+
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        plan = self.config.stash[STATE].plan()
+        for model in plan.models:
+            for candidate in model.candidates:
+                yield CandidateNode.from_parent(self, name=f"{model.name}/{candidate.name}", model=model,
+                                                candidate=candidate)
+
+
+class CandidateNode(pytest.Collector):
+    """One candidate of one model: its gates are its items; its target's markers apply to all of them."""
+
+    def __init__(self, *, model: ModelPlan, candidate: ModelRef, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model, self.candidate = model, candidate
+        for name in Case(model, candidate, "").markers():
+            self.add_marker(name)
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for spec in self.config.stash[STATE].gates:
+            yield CaseItem.from_parent(self, name=spec.name, case=Case(self.model, self.candidate, spec.name))
+
+
+class CaseItem(pytest.Item):
+    """One (model, candidate, gate) case."""
+
+    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.certify_case = case
+        self.add_marker(case.gate)
+        self.user_properties.append(case_property(case))
+
+    def runtest(self) -> None:
+        judge(self, self.certify_case)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.certify_case.id} {self.certify_case.gate}"
+
+
+def is_plan_file(file_path: Path, plan_path: Path | None) -> bool:
+    """True for the session's plan file (the one every case comes from)."""
+    return plan_path is not None and file_path.resolve() == plan_path.resolve()

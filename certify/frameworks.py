@@ -1,0 +1,38 @@
+"""The frameworks the harness runs, the one place their names, backend classes and install hints are written.
+
+A framework name is what a plan's ``framework`` says, the marker ``-m`` selects on, and the key of the backend
+registry (``certify.backends``); its install hint is what every "unavailable" message tells the user to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    backend: str  # "module:Class", imported only when a worker needs it
+    install: str  # how to get it
+
+
+FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
+    Framework("onnxruntime", "certify.backends.onnxruntime:OnnxRuntimeBackend",
+              "pip install 'edge-certify[ort]' (onnxruntime; onnxruntime-gpu for CUDA, onnxruntime-qnn for QNN)"),
+    Framework("openvino", "certify.backends.openvino:OpenVinoBackend",
+              "pip install 'edge-certify[openvino]' (openvino, nncf)"),
+    Framework("olive", "certify.backends.olive:OliveBackend",
+              "pip install 'edge-certify[ort]' runs Olive's output (ONNX Runtime, or its build for the targeted "
+              "provider); building it from a recipe needs 'edge-certify[olive]' with a CPU torch first "
+              "(bash scripts/install.sh olive)"),
+    Framework("llamacpp", "certify.backends.llamacpp:LlamaCppBackend",
+              "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"),
+    Framework("mlx", "certify.backends.mlx:MlxBackend",
+              "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)"),
+)}
+
+
+def install_hint(name: str) -> str:
+    """How to install framework ``name`` (a third party's backend: the package that provides it)."""
+    known = FRAMEWORKS.get(name)
+    return known.install if known else f"install the package that provides backend {name!r}"
