@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from certify.frameworks import FRAMEWORKS
 from certify.plan import ModelPlan, ModelRef, Plan
+from certify.records import CaseFields
 
 
 def safe_name(text: str) -> str:
@@ -36,7 +36,7 @@ class Case:
             marks.append(self.candidate.framework)
         return marks
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> CaseFields:
         return {"case": self.id, "model": self.model.name, "candidate": self.candidate.name, "gate": self.gate,
                 "framework": self.candidate.framework, "device": self.candidate.device,
                 "platforms": list(self.candidate.platforms), "markers": self.markers(),

@@ -20,9 +20,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from certify.records import EvidenceRecord
+
+T = TypeVar("T")
 
 EVIDENCE_FILE = "evidence.jsonl"
 RESULTS_FILE = "results.json"
@@ -78,7 +83,7 @@ class EvidenceStore:
         self.path = run_dir / EVIDENCE_FILE
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: EvidenceRecord) -> None:
         line = (json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode()
         with file_lock(self.run_dir / ".evidence.lock"):
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -91,7 +96,7 @@ class EvidenceStore:
             finally:
                 os.close(fd)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[EvidenceRecord]:
         """All complete records (a torn last line from a killed writer is skipped, not misread)."""
         if not self.path.exists():
             return []
@@ -104,13 +109,14 @@ class EvidenceStore:
     def measurement_lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[float]:
         return file_lock(self.run_dir / "measure.lock", exclusive=exclusive)
 
-    def cached_json(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def cached_json(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``'s JSON value, computed once per run folder (what every case of a model shares, e.g. the
+        baseline's memory) and read back as stored."""
         path = self.run_dir / "cache" / f"{key}.json"
         with file_lock(path.with_suffix(".lock")):
-            if path.exists():
-                return dict(json.loads(path.read_text(encoding="utf-8")))
-            write_json_atomic(path, compute())
-            return dict(json.loads(path.read_text(encoding="utf-8")))
+            if not path.exists():
+                write_json_atomic(path, compute())
+            return cast(T, json.loads(path.read_text(encoding="utf-8")))
 
     def cached_array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         path = self.run_dir / "cache" / f"{key}.npy"

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 @pytest.hookspec
-def certify_gates() -> list[GateSpec]:  # type: ignore[empty-body]
+def pytest_certify_gates() -> list[GateSpec]:  # type: ignore[empty-body]
     """Gates this project adds to the built-in ones. Every gate returned runs on every case of the plan, shows as
     a marker (``pytest -m p95_latency``), a column of the matrix, a row of ``results.json`` and a subject gate of
     the certificate, like a built-in gate. Called once per session, after the initial conftests are loaded (a
@@ -34,7 +34,7 @@ def certify_gates() -> list[GateSpec]:  # type: ignore[empty-body]
             return ctx.decide("p95 latency", p95_ms, ctx.threshold("max_p95_ms"), unit="ms",
                               higher_is_better=False)
 
-        def certify_gates():
+        def pytest_certify_gates():
             return [GateSpec("p95_latency", "95th-percentile latency within budget", p95_latency,
                              exclusive=True, defaults={"max_p95_ms": 50.0})]
     """

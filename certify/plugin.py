@@ -100,15 +100,15 @@ def _plan_path(config: pytest.Config) -> Path | None:
 
 def _gates(config: pytest.Config) -> GateRegistry:
     """The built-in gates, then those of installed packages (entry points), then the project's own
-    (``certify_gates`` hooks in its conftest.py)."""
+    (``pytest_certify_gates`` hooks in its conftest.py)."""
     registry = GateRegistry()
     try:
         for spec, origin in entry_point_specs():
             registry.add(spec, origin)
-        for impl, specs in zip(config.hook.certify_gates.get_hookimpls()[::-1], config.hook.certify_gates(),
-                               strict=False):
+        for impl in config.hook.pytest_certify_gates.get_hookimpls():  # in registration order
+            specs: Any = impl.function()
             for spec in specs or []:
-                registry.add(spec, f"certify_gates in {impl.plugin_name}")
+                registry.add(spec, f"pytest_certify_gates in {impl.plugin_name}")
     except CertifyError as exc:
         raise pytest.UsageError(f"certification gates: {exc.diagnostics()}") from None
     return registry

@@ -26,6 +26,7 @@ from certify.measure.worker import MEMORY_LIMIT_ENV
 from certify.plan import ModelPlan, ModelRef, Plan
 from certify.recipes import RecipeError, unavailable
 from certify.recipes.build import made_by, materialize
+from certify.records import EvidenceRecord
 from certify.verdict import GateResult
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class CertificationRun:
             os.environ[MEMORY_LIMIT_ENV] = str(plan.measure.memory_limit_mib)
 
     def evaluate(self, case: Case, nodeid: str = "",
-                 evaluate: Evaluate | None = None) -> tuple[GateResult, dict[str, Any]]:
+                 evaluate: Evaluate | None = None) -> tuple[GateResult, EvidenceRecord]:
         """The verdict and the evidence record appended for it (``evaluate`` instead of the gate's registered
         evaluator: a test function's own). Never raises for a measurement problem: every outcome becomes a
         GateResult with its reason."""
@@ -87,10 +88,10 @@ class CertificationRun:
 
     def record(self, case: Case, result: GateResult, nodeid: str = "", measurement: dict[str, Any] | None = None,
                started: float | None = None, finished: float | None = None, serialized: bool = False,
-               lock_wait: float = 0.0) -> dict[str, Any]:
+               lock_wait: float = 0.0) -> EvidenceRecord:
         """Append the evidence record of a verdict (also one a user's test function decided) and return it."""
         now = time.time()
-        record = {
+        record: EvidenceRecord = {
             "run_id": self.run_id, "nodeid": nodeid, **case.describe(), "result": result.to_dict(),
             "plan_digest": self.plan.digest,
             "measurement": measurement or {}, "host_fingerprint": self.host.fingerprint,
@@ -98,6 +99,7 @@ class CertificationRun:
             "finished": finished or now, "serialized": serialized, "lock_wait_s": lock_wait,
             "digests": {"baseline": _digest(case.model.baseline), "candidate": _digest(case.candidate)},
             "made_by": made_by(case.candidate),
+            "candidate_path": str(case.candidate.path) if case.candidate.path else None,
         }
         self.store.append(record)
         return record

@@ -18,6 +18,7 @@ from certify.gates.registry import BUILTIN_REGISTRY, GateRegistry
 from certify.hardware import detect_host
 from certify.plan import Plan
 from certify.plan.load import load_plan
+from certify.records import EvidenceRecord
 from certify.verdict import ERROR, FAIL, NOT_EVALUATED, GateResult
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class SessionState:
     gates: GateRegistry = BUILTIN_REGISTRY
     _plan: Plan | None = None
     _run: CertificationRun | None = None
-    _previous: dict[tuple[str, str], dict[str, Any]] | None = None
+    _previous: dict[tuple[str, str], EvidenceRecord] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -68,7 +69,7 @@ class SessionState:
                                            self.config.getoption("certify_soak"))
         return self._plan
 
-    def previous(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def previous(self) -> dict[tuple[str, str], EvidenceRecord]:
         """(case id, gate) -> the evidence record an interrupted run left in the run folder (``--certify-resume``);
         the newest record of a case wins."""
         if self._previous is None:
@@ -122,7 +123,7 @@ def judge(node: pytest.Item, case: Case, evaluate: Evaluate | None = None) -> Ga
     return conclude(node, case, result, record)
 
 
-def conclude(node: pytest.Item, case: Case, result: GateResult, record: dict[str, Any]) -> GateResult:
+def conclude(node: pytest.Item, case: Case, result: GateResult, record: EvidenceRecord) -> GateResult:
     """Attach a verdict to the test item and end the test as the verdict says."""
     node.user_properties.append((RESULT_PROPERTY, json.dumps(result.to_dict(), default=str)))
     from certify.report import allure

@@ -4,14 +4,13 @@ computed once per session and reused by every candidate of the model."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from certify.cases import safe_name
 from certify.errors import CertifyError
 from certify.gates.context import GateContext
 from certify.measure import accuracy
 from certify.metrics import METRICS
 from certify.policy import Policy
+from certify.records import AccuracyFigures
 from certify.verdict import GateResult, decide
 
 
@@ -31,7 +30,7 @@ def evaluate(ctx: GateContext) -> GateResult:
     return accuracy_gate(result, ctx.policy, ctx.hint)
 
 
-def accuracy_gate(acc: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+def accuracy_gate(acc: AccuracyFigures, policy: Policy, hint: str) -> GateResult:
     details = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples")}
     label = f"{acc['metric']} retention ({acc['candidate']:.4g} vs baseline {acc['baseline']:.4g})"
     interval = (acc["interval"][0], acc["interval"][1])

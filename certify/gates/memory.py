@@ -4,12 +4,11 @@ measured once per session and reused by every candidate of the model."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from certify.cases import safe_name
 from certify.gates.context import GateContext
 from certify.measure import footprint
 from certify.policy import Policy
+from certify.records import MemoryFigures
 from certify.verdict import GateResult, decide
 
 
@@ -22,7 +21,7 @@ def evaluate(ctx: GateContext) -> GateResult:
     return memory_gate(base, cand, ctx.policy, ctx.hint)
 
 
-def memory_gate(base: dict[str, Any], cand: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+def memory_gate(base: MemoryFigures, cand: MemoryFigures, policy: Policy, hint: str) -> GateResult:
     value = 1.0 - cand["model_bytes"] / base["model_bytes"] if base["model_bytes"] > 0 else 0.0
     interval = (1.0 - cand["max"] / max(base["min"], 1), 1.0 - cand["min"] / max(base["max"], 1))
     mib = 1024 * 1024

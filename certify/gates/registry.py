@@ -6,7 +6,7 @@ it times things or loads the cores (``exclusive``: measured alone on the host), 
 only (``static``: any host can judge it), whether a release requires it by default (``required``) and the
 thresholds it reads. Markers, the required gates of ``certify verify``, the report's column order and the runner's
 locking all derive from here. Adding a built-in gate is one module in ``certify/gates/`` and one line in
-``BUILTIN``; a user adds one from a ``conftest.py`` (the ``certify_gates`` hook) or a package (the
+``BUILTIN``; a user adds one from a ``conftest.py`` (the ``pytest_certify_gates`` hook) or a package (the
 ``certify.gates`` entry-point group), see ``certify.hookspecs``.
 """
 

@@ -15,10 +15,11 @@ from typing import Any
 from certify.gates.context import GateContext
 from certify.measure import speed as speed_run
 from certify.policy import Policy
+from certify.records import PairedSpeed
 from certify.verdict import FAIL, PASS, GateResult, decide
 
 
-def paired_speed(ctx: GateContext) -> dict[str, Any]:
+def paired_speed(ctx: GateContext) -> PairedSpeed:
     """The paired speed run the speed and stability gates read. A language model is timed twice, prompt
     processing (``prompt``) and generation (``decode``); the plan's ``dataset.speed`` picks the gated one and the
     run carries both under ``language_model``."""
@@ -26,7 +27,7 @@ def paired_speed(ctx: GateContext) -> dict[str, Any]:
     modes = ("infer",) if not data.text else ("decode", "prompt") if data.speed == "generation" \
         else ("prompt", "decode")
 
-    def run(mode: str) -> dict[str, Any]:
+    def run(mode: str) -> PairedSpeed:
         return ctx.store.cached_json(f"{case.key}-speed-{mode}", lambda: speed_run.measure_speed(
             case.model.baseline, case.candidate, feeds, ctx.plan.measure, ctx.policy.min_speedup,
             ctx.policy.confidence, mode))
@@ -53,7 +54,7 @@ def evaluate_stability(ctx: GateContext) -> GateResult:
     return stability_gate(run, ctx.policy, ctx.hint)
 
 
-def speed_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+def speed_gate(speed: PairedSpeed, policy: Policy, hint: str) -> GateResult:
     b, c = speed["baseline"]["latency"], speed["candidate"]["latency"]
     details = {"baseline_p50_ms": b["p50_ms"], "candidate_p50_ms": c["p50_ms"], "samples": speed["samples"],
                "stop_reason": speed["stop_reason"], "duration_s": speed["duration_s"],
@@ -93,7 +94,7 @@ def _widened(widened: dict[str, Any]) -> str:
     return ", ".join(f"{key} {old:g} -> {new:g}" for key, (old, new) in widened.items()) or "nothing"
 
 
-def _host_conditions(speed: dict[str, Any]) -> dict[str, Any]:
+def _host_conditions(speed: PairedSpeed) -> dict[str, Any]:
     """The speed run's noise preflight, energy figures and how its interval was found, for the verdict's
     details."""
     details: dict[str, Any] = {}
@@ -113,7 +114,7 @@ ENERGY_DETAILS = ("available", "reason", "per", "energy_ratio", "energy_ratio_is
                   "scope")
 
 
-def unexplained_drift(speed: dict[str, Any]) -> float:
+def unexplained_drift(speed: PairedSpeed) -> float:
     """The candidate's drift that the host does not explain: the smaller (in magnitude) of its own drift and its
     drift relative to the interleaved baseline. A host slowing down moves both sides; a baseline disturbed on its
     own does not make a steady candidate drift; a candidate degrading by itself shows in both figures."""
@@ -122,7 +123,7 @@ def unexplained_drift(speed: dict[str, Any]) -> float:
     return own if abs(own) <= abs(relative) else relative
 
 
-def stability_gate(speed: dict[str, Any], policy: Policy, hint: str) -> GateResult:
+def stability_gate(speed: PairedSpeed, policy: Policy, hint: str) -> GateResult:
     lat, drift = speed["candidate"]["latency"], unexplained_drift(speed)
     tail = lat["p99_ms"] / lat["p50_ms"] if lat["p50_ms"] > 0 else float("inf")
     checks = [("p99/p50", tail, policy.max_p99_over_p50), ("robust CV", lat["robust_cv"], policy.max_cv),

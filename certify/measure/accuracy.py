@@ -11,6 +11,7 @@ from certify.measure.client import WorkerClient
 from certify.measure.fidelity import fidelity
 from certify.metrics import Metric
 from certify.plan import Measure, ModelRef
+from certify.records import AccuracyFigures
 
 
 def predict(role: str, ref: ModelRef, inputs: dict[str, np.ndarray], batch_size: int,
@@ -31,20 +32,21 @@ def retention(metric: Metric, base_value: np.ndarray, cand_value: np.ndarray) ->
 
 
 def evaluate(metric: Metric, base_out: np.ndarray, cand_out: np.ndarray, labels: np.ndarray | None,
-             measure: Measure, confidence: float) -> dict[str, Any]:
+             measure: Measure, confidence: float) -> AccuracyFigures:
     base_scores = metric.per_sample(base_out, labels, base_out)
     cand_scores = metric.per_sample(cand_out, labels, base_out)
     kept, interval = stats.paired_statistic(
         metric.reduce, base_scores, cand_scores, lambda b, c: retention(metric, b, c),
         resamples=measure.bootstrap_resamples, seed=measure.seed, confidence=confidence)
-    result = {
+    result: AccuracyFigures = {
         "metric": metric.name, "higher_is_better": metric.higher_is_better,
         "baseline": float(metric.reduce(base_scores)), "candidate": float(metric.reduce(cand_scores)),
         "retention": kept, "interval": list(interval), "confidence": confidence, "samples": int(base_scores.size),
     }
     if metric.language_model:
         report = fidelity(base_out, cand_out, labels)
-        return {**result, "top1_agreement": report["top1_agreement"]["mean"], "fidelity": report}
-    agreement = float((base_out.reshape(len(base_out), -1).argmax(1)
-                       == cand_out.reshape(len(cand_out), -1).argmax(1)).mean())
-    return {**result, "top1_agreement": agreement}
+        result["top1_agreement"], result["fidelity"] = report["top1_agreement"]["mean"], report
+        return result
+    result["top1_agreement"] = float((base_out.reshape(len(base_out), -1).argmax(1)
+                                      == cand_out.reshape(len(cand_out), -1).argmax(1)).mean())
+    return result

@@ -18,6 +18,7 @@ import numpy as np
 from certify.digests import model_files
 from certify.measure.client import WorkerClient
 from certify.plan import Measure, ModelRef
+from certify.records import MemoryFigures
 
 INFERENCES = 20
 
@@ -27,7 +28,7 @@ def model_files_bytes(ref: ModelRef) -> int:
     return sum(f.stat().st_size for f in model_files(ref.file))
 
 
-def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measure: Measure) -> dict[str, Any]:
+def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measure: Measure) -> MemoryFigures:
     samples: list[int] = []
     last: dict[str, Any] = {}
     loaded: dict[str, Any] = {}

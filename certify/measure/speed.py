@@ -17,6 +17,7 @@ import numpy as np
 from certify.measure import energy, preflight, stats
 from certify.measure.client import WorkerClient
 from certify.plan import Measure, ModelRef
+from certify.records import LatencySummary, Loaded, PairedSpeed, Preflight
 
 BLOCK_TARGET_S = 0.1  # one block of timed iterations lasts about this long
 REWARM_SHARE = 0.1  # untimed iterations at the start of each block, to refill caches the other model evicted
@@ -63,7 +64,7 @@ class SpeedRun:
 
 
 def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndarray], measure: Measure,
-                  threshold: float, confidence: float, mode: str = "infer") -> dict[str, Any]:
+                  threshold: float, confidence: float, mode: str = "infer") -> PairedSpeed:
     """Returns the evidence of a paired speed run: samples, summaries, speedup with interval, stop reason, the
     host's noise preflight and, where the host has energy counters, joules per inference (else why not).
     ``mode = "decode"`` times language-model generation: one iteration is one token appended to the context.
@@ -103,7 +104,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
     }
 
 
-def _host_check(measure: Measure, confidence: float) -> tuple[Measure, dict[str, Any], energy.Meter | None, str]:
+def _host_check(measure: Measure, confidence: float) -> tuple[Measure, Preflight, energy.Meter | None, str]:
     """Before the workers start: the noise preflight (raises ``HostTooNoisy`` under ``refuse``), the measure bounds
     it widened, and the energy meter (or why there is none)."""
     checked = preflight.run_preflight(measure.noise, confidence)
@@ -114,7 +115,7 @@ def _host_check(measure: Measure, confidence: float) -> tuple[Measure, dict[str,
     return measure, checked, meter, no_energy
 
 
-def _where(loaded: dict[str, Any]) -> dict[str, Any]:
+def _where(loaded: dict[str, Any]) -> Loaded:
     return {"executed_device": loaded["executed_device"], "info": loaded["info"], "load_s": loaded["load_s"]}
 
 
@@ -157,20 +158,21 @@ def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> 
     return low >= threshold or high < threshold
 
 
-def language_model_figures(prompt: dict[str, Any], generation: dict[str, Any], prompt_tokens: int) -> dict[str, Any]:
+def language_model_figures(prompt: PairedSpeed, generation: PairedSpeed, prompt_tokens: int) -> dict[str, Any]:
     """``llama-bench``-style figures from a language model's two paired runs: prompt processing tokens/s (pp),
     generation tokens/s (tg) and time to first token, baseline and candidate at the median, with each run's
     speedup interval. Time to first token is a prompt run's latency (an empty context to the first token), so
     its speedup is the prompt processing speedup."""
 
-    def side(role: str) -> dict[str, Any]:
-        pp, tg = prompt[role]["latency"], generation[role]["latency"]
+    def side(pp: LatencySummary, tg: LatencySummary) -> dict[str, Any]:
         return {"prompt_tokens_per_s": prompt_tokens * 1000.0 / pp["p50_ms"],
                 "generation_tokens_per_s": 1000.0 / tg["p50_ms"],
                 "time_to_first_token_ms": {"p50": pp["p50_ms"], "p90": pp["p90_ms"], "p99": pp["p99_ms"]}}
 
     return {
-        "prompt_tokens": prompt_tokens, "baseline": side("baseline"), "candidate": side("candidate"),
+        "prompt_tokens": prompt_tokens,
+        "baseline": side(prompt["baseline"]["latency"], generation["baseline"]["latency"]),
+        "candidate": side(prompt["candidate"]["latency"], generation["candidate"]["latency"]),
         "prompt_speedup": {"value": prompt["speedup"], "interval": prompt["interval"], "samples": prompt["samples"]},
         "generation_speedup": {"value": generation["speedup"], "interval": generation["interval"],
                                "samples": generation["samples"]},

@@ -5,11 +5,11 @@ verdict as the description, and its evidence record and charts as attachments.""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from certify.cases import Case
+from certify.records import EvidenceRecord
 from certify.verdict import GateResult
 
 
@@ -17,7 +17,7 @@ def enabled(config: pytest.Config) -> bool:
     return bool(config.pluginmanager.hasplugin("allure_pytest") and config.getoption("allure_report_dir", None))
 
 
-def annotate(config: pytest.Config, case: Case, result: GateResult, record: dict[str, Any]) -> None:
+def annotate(config: pytest.Config, case: Case, result: GateResult, record: EvidenceRecord) -> None:
     if not enabled(config):
         return
     import allure

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime
 from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from certify import DISTRIBUTION, __version__
@@ -24,6 +26,7 @@ from certify.attest import PREDICATE_TYPE, STATEMENT_TYPE
 from certify.digests import file_sha256, model_digest
 from certify.errors import CertifyError
 from certify.plan import ModelRef, Plan
+from certify.records import EvidenceRecord
 from certify.report.results import candidate_verdicts, not_evaluated_groups
 from certify.verdict import NOT_EVALUATED
 
@@ -48,21 +51,18 @@ def _ref(ref: ModelRef) -> dict[str, Any]:
     return entry
 
 
-def describe_models(plan: Plan) -> list[dict[str, Any]]:
-    """Every model file of the plan with its digest, as found at the end of the run (candidates made by recipes:
-    their built artifact and how it was made)."""
-    from certify.recipes.build import made_by, materialize
-
+def describe_models(plan: Plan, records: list[EvidenceRecord]) -> list[dict[str, Any]]:
+    """Every model file of the plan with its digest, as found at the end of the run. A candidate made by a recipe
+    is described by what its build made, as the evidence records it (the artifact measured and how it was made),
+    never by planning the build again."""
+    built = {r["case"]: r for r in records if r.get("candidate_path")}  # the newest record of a case wins
     out = []
     for model in plan.models:
         candidates = []
         for cand in model.candidates:
-            drop = 1.0 - plan.policy_for(cand).min_accuracy_retention
-            try:
-                built = materialize(model, cand, max_drop=drop, seed=plan.measure.seed, build=False)
-            except CertifyError:
-                built = cand
-            candidates.append({**_ref(built), "made_by": made_by(built)})
+            record = built.get(f"{model.name}/{cand.name}")
+            ref = replace(cand, path=Path(str(record["candidate_path"]))) if record and cand.recipe else cand
+            candidates.append({**_ref(ref), "made_by": record.get("made_by") if record else None})
         data = model.dataset
         dataset: dict[str, Any] = {"source": str(data.path) if data.path else data.loader}
         if data.path is not None and data.path.is_file():
@@ -72,13 +72,13 @@ def describe_models(plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
-def _changed_during_run(case: str, current: str | None, records: list[dict[str, Any]]) -> bool:
+def _changed_during_run(case: str, current: str | None, records: list[EvidenceRecord]) -> bool:
     seen = {r.get("digests", {}).get("candidate") for r in records if r.get("case") == case}
     seen.discard(None)
     return bool(seen) and seen != {current}
 
 
-def _executed(case: str, records: list[dict[str, Any]]) -> list[str]:
+def _executed(case: str, records: list[EvidenceRecord]) -> list[str]:
     """The devices that really ran the candidate, as its measurements recorded them."""
     found = set()
     for r in records:
@@ -92,7 +92,7 @@ def _executed(case: str, records: list[dict[str, Any]]) -> list[str]:
     return sorted(found)
 
 
-def _candidates(results: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _candidates(results: dict[str, Any], records: list[EvidenceRecord]) -> list[dict[str, Any]]:
     verdicts = candidate_verdicts(results["cases"])
     refs = {f"{m['name']}/{c['name']}": c for m in results.get("models", []) for c in m["candidates"]}
     gates: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -127,7 +127,7 @@ def overall_verdict(candidates: list[dict[str, Any]], complete: bool) -> str:
     return "certified"
 
 
-def build_statement(results: dict[str, Any], records: list[dict[str, Any]], *, dev_key: bool = False
+def build_statement(results: dict[str, Any], records: list[EvidenceRecord], *, dev_key: bool = False
                     ) -> dict[str, Any]:
     candidates = _candidates(results, records)
     not_evaluated = [{"case": case, "gates": sorted(g), "reason": reason}

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from certify.gates.registry import BUILTIN_REGISTRY
+from certify.records import EvidenceRecord
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
 from certify.report.results import not_evaluated_groups
@@ -33,8 +34,10 @@ DECISION_RULE = {"lower_bound": "the confidence interval's bound on the threshol
 FIGURE_WIDTH = 650  # a chart beside its headline figure
 Entry = dict[str, Any]
 
+Latest = dict[tuple[str, str], EvidenceRecord]  # (case, gate) -> its newest evidence record
 
-def render_html(results: dict[str, Any], records: list[dict[str, Any]], signature: dict[str, Any] | None) -> str:
+
+def render_html(results: dict[str, Any], records: list[EvidenceRecord], signature: dict[str, Any] | None) -> str:
     """The report as one HTML document (a str, ready to write with UTF-8)."""
     return _environment().get_template("report.html.j2").render(**build_view(results, records, signature))
 
@@ -45,7 +48,7 @@ def _environment() -> Environment:
                        trim_blocks=True, lstrip_blocks=True)
 
 
-def build_view(results: dict[str, Any], records: list[dict[str, Any]],
+def build_view(results: dict[str, Any], records: list[EvidenceRecord],
                signature: dict[str, Any] | None) -> dict[str, Any]:
     entries: list[Entry] = list(results.get("cases") or [])
     thresholds: dict[str, Any] = (results.get("plan") or {}).get("policy", {}).get("thresholds", {})
@@ -67,7 +70,13 @@ def build_view(results: dict[str, Any], records: list[dict[str, Any]],
 # --- shared helpers --------------------------------------------------------------------------------------------
 
 
-def latest_records(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+def measured(latest: Latest, case: str, gate: str) -> dict[str, Any]:
+    """The measurement part of a case's newest record of ``gate`` ({} when there is none)."""
+    record = latest.get((case, gate))
+    return (record.get("measurement") or {}) if record is not None else {}
+
+
+def latest_records(records: list[EvidenceRecord]) -> Latest:
     """(case, gate) -> its last record: a later record for the same case and gate supersedes an earlier one."""
     return {(r["case"], r["gate"]): r for r in records if "case" in r and "gate" in r}
 
@@ -169,7 +178,7 @@ def matrix_rows(candidates: list[dict[str, Any]], gates: list[str]) -> list[dict
 # --- per candidate ---------------------------------------------------------------------------------------------
 
 
-def candidate_view(index: int, case: str, entries: list[Entry], latest: dict[tuple[str, str], dict[str, Any]],
+def candidate_view(index: int, case: str, entries: list[Entry], latest: Latest,
                    results: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
     first = entries[0]
     status = (results.get("candidates") or {}).get(case, "incomplete")
@@ -237,12 +246,12 @@ def _plain(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def speed_view(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],
+def speed_view(case: str, result: dict[str, Any] | None, latest: Latest,
                thresholds: dict[str, Any]) -> dict[str, Any] | None:
-    measurement = (latest.get((case, "speed")) or {}).get("measurement") or {}
+    measurement = measured(latest, case, "speed")
     samples_b, samples_c = measurement.get("baseline_ns"), measurement.get("candidate_ns")
     if not samples_c:
-        samples_c = ((latest.get((case, "stability")) or {}).get("measurement") or {}).get("candidate_ns")
+        samples_c = measured(latest, case, "stability").get("candidate_ns")
     row = _interval_row("", result) if result else None
     if row is None and not (samples_b or samples_c):
         return None
@@ -281,9 +290,9 @@ def _host_facts(details: dict[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
-def memory_figures(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],
+def memory_figures(case: str, result: dict[str, Any] | None, latest: Latest,
                    thresholds: dict[str, Any]) -> MemoryFigures | None:
-    measurement = (latest.get((case, "memory")) or {}).get("measurement") or {}
+    measurement = measured(latest, case, "memory")
     base, cand = measurement.get("baseline") or {}, measurement.get("candidate") or {}
     details = (result or {}).get("details") or {}
     figures = MemoryFigures(
@@ -298,13 +307,13 @@ def memory_figures(case: str, result: dict[str, Any] | None, latest: dict[tuple[
     return None if all(v is None for v in known) else figures
 
 
-def memory_view(case: str, result: dict[str, Any] | None, latest: dict[tuple[str, str], dict[str, Any]],
+def memory_view(case: str, result: dict[str, Any] | None, latest: Latest,
                 thresholds: dict[str, Any]) -> dict[str, Any] | None:
     figures = memory_figures(case, result, latest, thresholds)
     if figures is None:
         return None
     details = (result or {}).get("details") or {}
-    method = details.get("method") or ((latest.get((case, "memory")) or {}).get("measurement") or {}).get(
+    method = details.get("method") or measured(latest, case, "memory").get(
         "candidate", {}).get("method", "")
     figure = _figure(result) if result and number(result.get("value")) is not None else {}
     return {**figure, "method": method, "chart": Markup(charts.memory_chart(figures))}
@@ -326,7 +335,7 @@ def overview_charts(entries: list[Entry], thresholds: dict[str, Any]) -> dict[st
     return {"speed": Markup(speed_chart), "accuracy": Markup(accuracy_chart)}
 
 
-def _pareto_point(case: str, rows: list[Entry], latest: dict[tuple[str, str], dict[str, Any]]) -> ParetoPoint | str:
+def _pareto_point(case: str, rows: list[Entry], latest: Latest) -> ParetoPoint | str:
     """A candidate's point, or why it cannot be plotted."""
     results = {e["gate"]: e["result"] for e in rows}
     speed, accuracy = (_interval_row("", results.get(g) or {}) for g in ("speed", "accuracy"))
@@ -338,7 +347,7 @@ def _pareto_point(case: str, rows: list[Entry], latest: dict[tuple[str, str], di
     return ParetoPoint(rows[0].get("candidate", case), speed.value, accuracy.value, memory)
 
 
-def pareto_views(entries: list[Entry], latest: dict[tuple[str, str], dict[str, Any]],
+def pareto_views(entries: list[Entry], latest: Latest,
                  thresholds: dict[str, Any]) -> list[dict[str, Any]]:
     """One Pareto chart per model (candidates of one model share a baseline, so their ratios compare)."""
     models: dict[str, dict[str, list[Entry]]] = defaultdict(dict)
@@ -369,7 +378,7 @@ STAGE_GATES = BUILTIN_REGISTRY.where("stage_figure")
 
 
 def stages_view(entries: list[Entry], results: dict[str, Any],
-                latest: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, str]]:
+                latest: Latest) -> list[dict[str, str]]:
     """One row per candidate made by a recipe, in plan order (sources before what is made from them): how it
     was made and what that step bought (accuracy retention, speedup, memory reduction, size on disk)."""
     made = {f"{m['name']}/{c['name']}": c.get("made_by") or {} for m in results.get("models") or []
@@ -382,7 +391,7 @@ def stages_view(entries: list[Entry], results: dict[str, Any],
             continue
         seen.add(case)
         versions = (made.get(case) or {}).get("versions") or {}
-        size = (((latest.get((case, "memory")) or {}).get("measurement") or {}).get("candidate") or {}).get(
+        size = (measured(latest, case, "memory").get("candidate") or {}).get(
             "file_bytes")
         rows.append({"case": case, "stage": str(recipe.get("stage", "")),
                      "made": f"{recipe.get('tool')} {recipe.get('method')} from {recipe.get('from')}",

@@ -12,6 +12,7 @@ from typing import Any
 from certify.attest import Signer, public_pem, read_unverified, sign_statement
 from certify.errors import CertifyError
 from certify.evidence import EVIDENCE_FILE, RESULTS_FILE, EvidenceStore, write_json_atomic
+from certify.records import EvidenceRecord
 from certify.report.certificate import build_statement
 from certify.secrets import describe, private_key_secrets, redact, scan, secret_values
 
@@ -23,7 +24,7 @@ INCOMPLETE = "the run was interrupted or did not complete: an incomplete run is 
 LEAKED = "secret found in outputs: "
 
 
-def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[EvidenceRecord]]:
     path = run_dir / RESULTS_FILE
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -131,7 +132,7 @@ def rerender(run_dir: Path) -> dict[str, Any]:
     return signature
 
 
-def rendered(results: dict[str, Any], records: list[dict[str, Any]], statement: dict[str, Any],
+def rendered(results: dict[str, Any], records: list[EvidenceRecord], statement: dict[str, Any],
              signature: dict[str, Any]) -> dict[str, str]:
     """The report and the summary, by file name, not yet written."""
     from certify.report.html import render_html

@@ -63,16 +63,18 @@ class CertifyReporter:
         if not self.entries():
             return
         from certify.environment import package_versions
-        from certify.evidence import RESULTS_FILE, write_json_atomic
+        from certify.evidence import RESULTS_FILE, EvidenceStore, write_json_atomic
         from certify.report.certificate import describe_models
         from certify.report.publish import certify_run
         from certify.report.results import build_results, describe_gates
 
         state, plan = self.state, self.state.plan()
+        records = EvidenceStore(state.run_dir).records()
         document = build_results(
             run_id=state.run_id, host=detect_host().to_dict(), packages=package_versions(), entries=self.entries(),
             plan={"name": plan.name, "source": str(plan.source), "digest": plan.digest,
-                  "policy": plan.policy.to_dict()}, models=describe_models(plan), gates=describe_gates(state.gates),
+                  "policy": plan.policy.to_dict()}, models=describe_models(plan, records),
+            gates=describe_gates(state.gates),
             started=state.started, finished=time.time(), complete=not state.interrupted and exitstatus in (0, 1),
         )
         write_json_atomic(state.run_dir / RESULTS_FILE, document)

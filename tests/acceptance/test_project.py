@@ -16,7 +16,7 @@ from tests.helpers.models import PLAN, candidate, tiny_project
 
 pytest.importorskip("onnxruntime")
 
-INTEL = candidate("int8-intel", "int8.onnx", extra='platforms = ["intel"]')
+INTEL = candidate("int8-intel", "int8.onnx", extra='platform = "intel"')
 ANY = candidate("int8", "int8.onnx")
 
 USER_GATE = '''
@@ -35,7 +35,7 @@ def p95_latency(ctx):
                       higher_is_better=False)
 
 
-def certify_gates():
+def pytest_certify_gates():
     return [GateSpec("p95_latency", "95th-percentile latency within budget", p95_latency, exclusive=True,
                      defaults={"max_p95_ms": 250.0})]
 '''

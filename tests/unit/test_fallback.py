@@ -12,6 +12,7 @@ import pytest
 
 from certify.errors import ModelError, WorkerCrashed
 from certify.gates import fallback as fb
+from certify.measure.probes import fail_next_infer
 from certify.plan import ModelRef
 from certify.policy import POLICIES
 
@@ -143,7 +144,7 @@ def test_an_injected_fault_fails_one_inference_only() -> None:
             return [np.ones(2)]
 
     worker: Any = SimpleNamespace(backend=Backend())
-    fb.fail_next_infer(worker)
+    fail_next_infer(worker)
     with pytest.raises(RuntimeError, match="injected fault"):
         worker.backend.infer({})
     assert worker.backend.infer({})[0].tolist() == [1.0, 1.0]

@@ -64,7 +64,7 @@ def test_a_toy_gate_is_one_registry_line() -> None:
 def test_a_bad_registration_is_refused_with_its_origin(spec: object, words: str) -> None:
     registry = GateRegistry([*BUILTIN, TOY])
     with pytest.raises(CertifyError, match=words) as raised:
-        registry.add(spec, "certify_gates in conftest.py")  # type: ignore[arg-type]
+        registry.add(spec, "pytest_certify_gates in conftest.py")  # type: ignore[arg-type]
     assert "conftest.py" in raised.value.message or "not a" in raised.value.message
 
 

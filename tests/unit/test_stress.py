@@ -267,8 +267,8 @@ def test_a_real_run_of_a_small_onnx_model_passes(tmp_path: Path) -> None:
                          + candidate("fp32", "fp32.onnx", extra="policy = { max_throughput_decay = 0.6 }"))
     plan = load_plan(plan_file)
     case = cases_for(plan, "stress")[0]
-    measurement: dict[str, Any] = {}
-    result = stress.evaluate(CertificationRun(plan, tmp_path / "run", detect_host(), "run"), case, measurement)
+    ctx = CertificationRun(plan, tmp_path / "run", detect_host(), "run").context(case)
+    result, measurement = stress.evaluate(ctx), ctx.measurement
     closed = measurement["closed_loop"]
     assert result.verdict == PASS, (result.reason, copy.deepcopy(measurement["memory"]))
     assert measurement["errors"] == 0 and measurement["outputs"]["mismatched"] == 0
