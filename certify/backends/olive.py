@@ -80,9 +80,7 @@ class OliveBackend(OnnxRuntimeBackend):
     distributions: ClassVar[tuple[str, ...]] = ("olive-ai", "onnxruntime", "onnxruntime-gpu", "onnxruntime-qnn", "onnx")
     install_hint: ClassVar[str] = install_hint("olive")
     hints: ClassVar[Mapping[str, str]] = {
-        "stress": "keep intra_op threads x clients within the physical cores and disable spinning "
-                  "(options.session_config session.intra_op.allow_spinning = 0); memory that grows with load: cap the "
-                  "CPU arena (session_config) or disable it",
+        "stress": OnnxRuntimeBackend.hints["stress"],  # Olive's output is served by ONNX Runtime
         "accuracy": "calibrate OnnxStaticQuantization on more, representative samples (recipe samples), try "
                     "per_channel = true or calibrate_method = 'Entropy'/'Percentile', keep sensitive layers in float "
                     "(nodes_to_exclude), use OnnxDynamicQuantization, or an accuracy-aware pass "

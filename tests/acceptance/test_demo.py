@@ -100,9 +100,17 @@ def test_demo_certificate_is_signed_with_a_dev_key_that_verify_refuses(demo_run:
 
     cert, pub = demo_run.run_dir / "certificate.json", demo_run.run_dir / "dev-key.pub"
     assert cert.exists() and pub.exists() and (demo_run.run_dir / "report.html").exists()
-    model = next(c["path"] for m in demo_run.results["models"] for c in m["candidates"] if c["name"] == "int8-dynamic")
+    # a candidate this run certified: its timing gates (speed, stability) follow the host, and on a noisy VM
+    # int8-dynamic's p99/p50 was once 4.1 (stability FAIL), which is the verdict, not a fault of the signing
+    certified = [c["path"] for m in demo_run.results["models"] for c in m["candidates"]
+                 if demo_run.results["candidates"].get(f"{m['name']}/{c['name']}") == "certified"]
+    model = certified[0] if certified else next(
+        c["path"] for m in demo_run.results["models"] for c in m["candidates"] if c["name"] == "int8-dynamic")
     args = ["verify", str(cert), "--key", str(pub), "--model", model, "--require", "accuracy", "--require", "memory"]
     assert cli.main(args) == 1  # a throwaway key never passes a release gate by default
+    if not certified:
+        pytest.skip("no candidate passed every gate on this host in this run (see its results): the positive "
+                    "half of the check needs one")
     assert cli.main([*args, "--allow-dev-key"]) == 0
 
 
