@@ -125,3 +125,11 @@ def test_a_conftest_gate_that_fails_or_breaks_says_so(tmp_path: Path) -> None:
     verdicts = {c["gate"]: c["result"] for c in results["cases"]}
     assert errored.returncode == 1 and verdicts["p95_latency"]["verdict"] == "error"
     assert "NameError" in verdicts["p95_latency"]["reason"] and verdicts["security"]["verdict"] == "pass"
+
+
+def test_pytest_xdist_spreads_the_plan_file_and_keeps_one_run_folder(project: Path) -> None:
+    pytest.importorskip("xdist")
+    done = pytest_in(project, "-n", "2", "-m", "security", "--certify-run-id", "xdist")
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((project / "reports" / "xdist" / "results.json").read_text())
+    assert sorted(c["case"] for c in results["cases"]) == ["tiny/int8", "tiny/int8-intel"]

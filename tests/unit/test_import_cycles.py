@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import certify
 
 ROOT = Path(certify.__file__).parent
@@ -95,3 +97,15 @@ def test_type_checking_imports_do_not_count(tmp_path: Path) -> None:
     module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import certify.plugin\n"
                       "def f():\n    import certify.cli\nimport certify.errors\n", encoding="utf-8")
     assert imported("certify.m", module, {"certify.plugin", "certify.cli", "certify.errors"}) == {"certify.errors"}
+
+
+@pytest.mark.parametrize(("module", "allowed"), [
+    ("certify.plan.types", {"certify.errors", "certify.policy"}),  # the frozen plan types, below everything
+    ("certify.verdict", {"certify.policy"}),
+    ("certify.records", set()),
+    ("certify.frameworks", set()),
+    ("certify.gates.registry", {"certify.errors"}),  # gate modules are named, imported when a gate first runs
+    ("certify.measure.worker", {"certify.errors", "certify.measure.memory"}),  # never a gate module
+])
+def test_the_bottom_layers_import_nothing_above_them(module: str, allowed: set[str]) -> None:
+    assert import_graph()[module] <= allowed, import_graph()[module] - allowed
