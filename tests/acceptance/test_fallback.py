@@ -45,7 +45,7 @@ def test_a_configured_fallback_serves_and_a_slow_restart_fails(project: Path) ->
     v = outcome.verdicts()
     assert v[("int8", "fallback")]["verdict"] == "pass", v[("int8", "fallback")]
     int8 = scenarios(outcome, "int8")
-    assert int8["device"]["verdict"] == "not applicable"
+    assert int8["device"]["verdict"] == "not_applicable"
     load = int8["load_failure"]
     assert load["verdict"] == "pass" and "onnxruntime could not load" in load["evidence"]["error"]
     assert load["evidence"]["outputs_match"] and load["evidence"]["recovery_s"] < 30
