@@ -21,10 +21,13 @@ def label(verdict: str) -> str:
     return LABEL.get(verdict, verdict.upper().replace("_", " "))
 
 
-def format_value(value: float, unit: str | None, digits: int = 3) -> str:
+def format_value(value: float, unit: str | None, digits: int = 3, decimals: int | None = None) -> str:
     """A figure in its unit, the one way every verdict and report writes it: '%' values are fractions
-    (0.973 -> '97.3%'), others keep ``digits`` significant digits and their unit ('3.9x', '12.5ms')."""
-    return f"{value:.1%}" if unit == "%" else f"{value:.{digits}g}{unit or ''}"
+    (0.973 -> '97.3%'), others keep ``digits`` significant digits ('3.9x', '12.5ms') or, for aligned table
+    columns, ``decimals`` decimals ('3.90x')."""
+    if unit == "%":
+        return f"{value:.1%}"
+    return f"{value:.{decimals}f}{unit or ''}" if decimals is not None else f"{value:.{digits}g}{unit or ''}"
 
 
 @dataclass(frozen=True)

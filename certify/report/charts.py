@@ -15,6 +15,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from certify.verdict import format_value
+
 VERDICT_COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "not_evaluated": "#9a6700", "error": "#8250df"}
 BASELINE, CANDIDATE = "#8c959f", "#0969da"
 INK, MUTED, GRID, THRESHOLD = "#1f2328", "#59636e", "#d8dee4", "#953800"
@@ -60,9 +62,7 @@ def fmt(value: float, unit: str) -> str:
     """A value in its unit: fractions as percentages, ratios with an x, milliseconds with ms."""
     if unit == "%":
         return f"{value:.0%}" if math.isclose(value * 100, round(value * 100), abs_tol=1e-9) else f"{value:.1%}"
-    if unit == "ms":
-        return f"{value:.3g} ms"
-    return f"{value:.3g}{unit}"
+    return format_value(value, " ms" if unit == "ms" else unit)
 
 
 def human_bytes(value: float) -> str:

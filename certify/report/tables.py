@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from certify.gates.registry import BUILTIN_REGISTRY
-from certify.verdict import ERROR, NOT_EVALUATED, label
+from certify.verdict import ERROR, NOT_EVALUATED, format_value, label
 
 
 def gate_order(gates: Iterable[str]) -> list[str]:
@@ -22,7 +22,7 @@ def counted(n: int, noun: str, rest: str = "") -> str:
 
 def value_text(value: float, unit: str | None) -> str:
     """A gate value in its unit: '%' values are fractions (0.973 -> '97.3%'), others get two decimals."""
-    return f"{value:.1%}" if unit == "%" else f"{value:.2f}{unit or ''}"
+    return format_value(value, unit, decimals=2)
 
 
 def measured_text(result: dict[str, Any] | None) -> str:
