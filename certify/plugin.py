@@ -22,7 +22,16 @@ from certify.gates.registry import GateRegistry, entry_point_specs
 from certify.hardware import MARKER_HELP, detect_host
 from certify.plan.load import find_plan
 from certify.report.session import CertifyReporter
-from certify.session import STATE, SessionState, case_property, conclude, judge, new_run_id
+from certify.session import (
+    CASE_PROPERTY,
+    RESULT_PROPERTY,
+    STATE,
+    SessionState,
+    case_property,
+    conclude,
+    judge,
+    new_run_id,
+)
 from certify.verdict import GateResult
 
 if TYPE_CHECKING:
@@ -220,6 +229,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         callspec = getattr(item, "callspec", None)
         if callspec is not None and isinstance(callspec.params.get("certify_case"), Case):
             item.user_properties.append(case_property(callspec.params["certify_case"]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A certification test that passes without recording a verdict has certified nothing: it fails (ERROR in
+    the results), never counts as a pass."""
+    report = yield
+    props = dict(item.user_properties)
+    if report.when == "call" and report.passed and CASE_PROPERTY in props and RESULT_PROPERTY not in props:
+        report.outcome = "failed"
+        report.longrepr = ("the test passed without recording a verdict: end it with certify_gate(certify_case) "
+                           "or certify_record(...)")
+    return report
 
 
 @pytest.fixture

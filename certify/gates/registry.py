@@ -32,7 +32,8 @@ Evaluate = Callable[["GateContext"], "GateResult"]
 class GateSpec:
     name: str
     summary: str
-    evaluate: str | Evaluate  # "module:function" (imported when the gate first runs) or the function itself
+    evaluate: str | Evaluate | None  # "module:function" (imported when first run), the function, or None: a test
+    # function of the project evaluates it (with the certify_* fixtures), so the plan file holds no item for it
     exclusive: bool = False  # times things or loads the cores: never measured beside other work on this host
     static: bool = False  # reads the model's files, never runs it: judged on any host, whatever the target
     required: bool = False  # a release needs it unless `certify verify --require` says otherwise
@@ -41,6 +42,10 @@ class GateSpec:
     stage_figure: bool = False  # shown per recipe step in the report ("what this step bought")
 
     def evaluator(self) -> Evaluate:
+        if self.evaluate is None:
+            raise CertifyError(f"gate {self.name!r} has no evaluate function: a test function evaluates it",
+                               hint=f"run the test marked @pytest.mark.{self.name} (it records its verdict with "
+                               "certify_record)")
         if callable(self.evaluate):
             return self.evaluate
         module, _, function = self.evaluate.partition(":")

@@ -35,10 +35,6 @@ class CertifyReporter:
             verdict = NOT_EVALUATED if report.skipped else ERROR
             text = report.longreprtext.strip().splitlines()[-1] if report.longreprtext.strip() else report.outcome
             entry["result"] = GateResult(entry["gate"], verdict, f"{report.when}: {text}").to_dict()
-        elif "result" not in entry and report.when == "call":  # a test function that judged nothing
-            entry["result"] = GateResult(entry["gate"], ERROR, "the test passed without recording a verdict",
-                                         hint="end a certification test with certify_gate(certify_case) or "
-                                              "certify_record(...)").to_dict()
 
     def pytest_keyboard_interrupt(self) -> None:
         self.state.interrupted = True

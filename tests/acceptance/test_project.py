@@ -133,3 +133,46 @@ def test_pytest_xdist_spreads_the_plan_file_and_keeps_one_run_folder(project: Pa
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((project / "reports" / "xdist" / "results.json").read_text())
     assert sorted(c["case"] for c in results["cases"]) == ["tiny/int8", "tiny/int8-intel"]
+
+
+PLAIN_GATE = '''
+from certify.gates import GateSpec
+
+
+def pytest_certify_gates():
+    return [GateSpec("budget", "median latency within budget, judged by a test function", None, exclusive=True)]
+'''
+PLAIN_TEST = '''
+import numpy as np
+import pytest
+
+
+@pytest.mark.budget
+def test_budget(certify_case, certify_model, certify_dataset, certify_record):
+    inputs, _ = certify_dataset
+    certify_model.call("feeds", key="x", arrays={k: v[:8] for k, v in inputs.items()})
+    times_ns = certify_model.call("run", key="x", iterations=50)
+    certify_record("median latency", float(np.median(times_ns)) / 1e6, LIMIT, unit="ms", higher_is_better=False)
+
+
+@pytest.mark.budget
+def test_forgets_to_record(certify_case, certify_dataset):
+    assert certify_dataset[0]
+'''
+
+
+@pytest.mark.parametrize(("limit", "verdict"), [(500.0, "pass"), (1e-9, "fail")])
+def test_a_plain_test_function_records_a_verdict_with_the_fixtures(tmp_path: Path, limit: float,
+                                                                    verdict: str) -> None:
+    tiny_project(tmp_path)
+    (tmp_path / "certify.toml").write_text(PLAN + ANY)
+    (tmp_path / "conftest.py").write_text(PLAIN_GATE)
+    (tmp_path / "test_budget.py").write_text(PLAIN_TEST.replace("LIMIT", repr(limit)))
+    done = pytest_in(tmp_path, "-m", "budget", "--certify-run-id", "plain")
+    assert done.returncode == 1, done.stdout + done.stderr  # test_forgets_to_record is an ERROR either way
+    results = json.loads((tmp_path / "reports" / "plain" / "results.json").read_text())
+    by_node = {c["nodeid"].split("::")[1]: c["result"] for c in results["cases"]}
+    assert by_node["test_budget[tiny/int8]"]["verdict"] == verdict and by_node["test_budget[tiny/int8]"]["unit"] == "ms"
+    assert by_node["test_forgets_to_record[tiny/int8]"]["verdict"] == "error"
+    assert "without recording a verdict" in by_node["test_forgets_to_record[tiny/int8]"]["reason"]
+    assert not [c for c in results["cases"] if c["nodeid"].startswith("certify.toml")]  # no plan item for it
