@@ -99,8 +99,8 @@ def _plan_path(config: pytest.Config) -> Path | None:
     explicit = config.getoption("certify_plan")
     if explicit:
         return Path(explicit)
-    named = {Path(arg.split("::")[0]).resolve() for arg in config.args
-             if arg.split("::")[0].endswith(".toml") and Path(arg.split("::")[0]).is_file()}
+    paths = [Path(arg.split("::")[0]) for arg in config.args]
+    named = {path.resolve() for path in paths if path.suffix == ".toml" and path.is_file()}
     if len(named) > 1:
         raise pytest.UsageError(f"one certification plan per session, got {len(named)}: "
                                 f"{', '.join(sorted(map(str, named)))}; run them one after the other")
@@ -285,8 +285,7 @@ def certify_model(request: pytest.FixtureRequest, certify_context: GateContext) 
     """The candidate loaded in a fresh measurement worker (``certify.measure.client.WorkerClient``): ``call("feeds",
     key=..., arrays=...)``, ``call("run", key=..., iterations=...)`` (nanoseconds per call), ``call("predict",
     key=..., batch_size=...)``. Held under the host-wide measurement lock when the gate is exclusive."""
-    gates = request.config.stash[STATE].gates
-    exclusive = gates[certify_context.gate].exclusive if certify_context.gate in gates else True
+    exclusive = request.config.stash[STATE].gates.exclusive(certify_context.gate)
     with certify_context.store.measurement_lock(exclusive=exclusive), certify_context.worker() as worker:
         yield worker
 

@@ -58,7 +58,7 @@ class CertificationRun:
         evaluator: a test function's own). Never raises for a measurement problem: every outcome becomes a
         GateResult with its reason."""
         started = finished = time.time()
-        exclusive = self.gates[case.gate].exclusive if case.gate in self.gates else True
+        exclusive = self.gates.exclusive(case.gate)
         ready, lock_wait, measurement = self.prepared(case), 0.0, {}
         if isinstance(ready, GateResult):
             result = ready

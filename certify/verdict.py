@@ -12,13 +12,11 @@ from certify.policy import Policy
 PASS, FAIL, NOT_EVALUATED, ERROR = "pass", "fail", "not_evaluated", "error"  # a gate's verdicts
 WARN, NOT_APPLICABLE = "warn", "not_applicable"  # also for the parts of a gate (a scenario, a probe, a file check)
 VERDICTS = (PASS, FAIL, NOT_EVALUATED, ERROR)
-LABEL = {PASS: "PASS", FAIL: "FAIL", NOT_EVALUATED: "NOT EVALUATED", ERROR: "ERROR", WARN: "WARN",
-         NOT_APPLICABLE: "NOT APPLICABLE"}
 
 
 def label(verdict: str) -> str:
-    """How a verdict word is shown: 'not_evaluated' -> 'NOT EVALUATED' (also for words not listed here)."""
-    return LABEL.get(verdict, verdict.upper().replace("_", " "))
+    """How a verdict word is shown: 'not_evaluated' -> 'NOT EVALUATED', 'not_certified' -> 'NOT CERTIFIED'."""
+    return verdict.upper().replace("_", " ")
 
 
 def format_value(value: float, unit: str | None, digits: int = 3, decimals: int | None = None) -> str:

@@ -110,6 +110,10 @@ class GateRegistry:
     def names(self) -> tuple[str, ...]:
         return tuple(self._specs)
 
+    def exclusive(self, name: str) -> bool:
+        """Is gate ``name`` measured alone on the host? An unknown gate is, to be safe."""
+        return self._specs[name].exclusive if name in self._specs else True
+
     def where(self, flag: str) -> tuple[str, ...]:
         """The names of the gates whose ``flag`` (exclusive, static, required, stage_figure) is set."""
         return tuple(s.name for s in self._specs.values() if getattr(s, flag))

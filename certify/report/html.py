@@ -26,7 +26,6 @@ from certify.report.results import not_evaluated_groups
 from certify.report.tables import gate_order, value_text
 from certify.verdict import ERROR, FAIL, NOT_EVALUATED, PASS, label
 
-CANDIDATE_LABEL = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "incomplete": "INCOMPLETE"}
 THRESHOLD_UNIT = {"min_accuracy_retention": "%", "min_speedup": "x", "min_memory_reduction": "%",
                   "max_p99_over_p50": "x", "max_drift": "%", "confidence": "%"}
 DECISION_RULE = {"lower_bound": "the confidence interval's bound on the threshold's side must clear it",
@@ -134,7 +133,7 @@ def banner(results: dict[str, Any]) -> dict[str, Any]:
         status = "incomplete"
     counts = results.get("counts") or {}
     notes = [] if results.get("complete", False) else ["the run did not complete"]
-    return {"status": status, "label": CANDIDATE_LABEL[status],
+    return {"status": status, "label": label(status),
             "summary": f"{certified} of {len(verdicts)} candidate{'s' if len(verdicts) != 1 else ''} certified",
             "counts": [(label(v), v, int(counts.get(v, 0))) for v in (PASS, FAIL, NOT_EVALUATED, ERROR)],
             "notes": notes}
@@ -189,7 +188,7 @@ def candidate_view(index: int, case: str, entries: list[Entry], latest: Latest,
         "case": case, "anchor": f"candidate-{index + 1}", "model": first.get("model", ""),
         "candidate": first.get("candidate", case), "framework": first.get("framework", ""),
         "device": first.get("device", ""), "markers": ", ".join(first.get("markers") or []),
-        "status": status, "label": CANDIDATE_LABEL.get(status, status.upper()),
+        "status": status, "label": label(status),
         "gates": cells, "gate_rows": merge_same_reason(cells),
         "accuracy": accuracy_view(results_by_gate.get("accuracy"), thresholds),
         "speed": speed_view(case, results_by_gate.get("speed"), latest, thresholds),
