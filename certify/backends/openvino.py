@@ -3,6 +3,10 @@
 The device that really ran is the compiled model's ``EXECUTION_DEVICES`` (``AUTO`` reports e.g. ``CPU``), and the
 settings in force (hint, streams, threads, inference precision) are read back from the compiled model, not
 echoed from the plan: the CPU plugin may, for example, run an FP32 model in BF16 where the CPU has it.
+
+A deployment serves a fixed shape, and OpenVINO compiles a model with dynamic dims into slower generic kernels
+(measured 1.27x slower than ``benchmark_app -shape`` on a detector): given ``options.static_shapes`` (the served
+shape of every input, set by the runner for ``static = true``), the model is reshaped to it before compiling.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from certify.backends.base import TensorSpec
+from certify.backends.onnxruntime import static_shapes_option
 from certify.errors import BackendUnavailable, ModelError
 from certify.frameworks import install_hint
 from certify.plan.types import ModelRef
@@ -24,6 +29,8 @@ from certify.plan.types import ModelRef
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 READ_BACK = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT")
+# OpenVINO element types as the harness's one precision vocabulary (the onnxruntime backend's too)
+PRECISIONS = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "f64": "fp64", "i8": "int8", "u8": "int8"}
 # OpenVINO messages nest C++ locations ("Exception from src/...cpp:117:", "Check 'x' failed at src/...:52:")
 _CPP_LOCATION = re.compile(r"(Exception from|Check '.*' failed at) \S+:\d+:")
 DEVICE_DRIVERS = {
@@ -119,6 +126,47 @@ def _property_value(value: Any) -> Any:
     return str(value)
 
 
+def _dims(shape: Any) -> list[int | str]:
+    """A (partial) shape as a JSON-friendly list: ints for static dims, OpenVINO's text ('?', '1..8') otherwise."""
+    return [d.get_length() if d.is_static else str(d) for d in shape]
+
+
+def precision_key(hint: Any) -> str | None:
+    """INFERENCE_PRECISION_HINT as read back ('f32', 'bf16') in the harness's vocabulary ('fp32', 'bf16')."""
+    return None if hint is None else PRECISIONS.get(str(hint), str(hint))
+
+
+def port_by_name(model: Any) -> dict[str, int]:
+    """Every tensor name of every input -> its port index: an input converted from ONNX or fused by a pass may
+    carry several names, and the plan may use any of them."""
+    return {str(name): index for index, port in enumerate(model.inputs) for name in port.get_names()}
+
+
+def static_reshape(model: Any, asked: Mapping[str, list[int]]) -> dict[int, list[int]]:
+    """The new shape of each input port whose declared shape is not already ``asked``; a ModelError for an
+    unknown input, two names of one port asked differently, or a shape the declared static dims refuse."""
+    ov, ports = _ov(), port_by_name(model)
+    wanted: dict[int, list[int]] = {}
+    for name, shape in asked.items():
+        if name not in ports:
+            raise ModelError(f"options.static_shapes names input {name!r}, which the model does not have (its "
+                             f"inputs: {sorted(ports)})", hint="name each input as the model does")
+        index = ports[name]
+        if wanted.setdefault(index, shape) != shape:
+            raise ModelError(f"options.static_shapes gives input {name!r} {shape}, but another name of the same "
+                             f"input {wanted[index]}", hint="give each input one shape")
+    reshape: dict[int, list[int]] = {}
+    for index, shape in wanted.items():
+        declared = model.inputs[index].get_partial_shape()
+        if not declared.compatible(ov.PartialShape(shape)):
+            raise ModelError(f"input {model.inputs[index].get_any_name()!r} is declared {_dims(declared)}: it "
+                             f"cannot be compiled at the asked static shape {shape}",
+                             hint="ask a shape that keeps the model's fixed dims (and bounds) as they are")
+        if _dims(declared) != shape:
+            reshape[index] = shape
+    return reshape
+
+
 class OpenVinoBackend:
     """Runs an OpenVINO IR or an ONNX file with ``openvino.Core``: read_model, compile_model, one InferRequest per
     calling thread (a CompiledModel may be shared by threads, an InferRequest may not: it owns its tensors).
@@ -128,7 +176,9 @@ class OpenVinoBackend:
     MULTI), ``options.performance_hint`` (LATENCY by default, THROUGHPUT, CUMULATIVE_THROUGHPUT),
     ``options.num_streams`` (an int or "AUTO"), ``options.cache_dir`` (the model cache; as given, relative to the
     working directory), ``options.config`` (a table of raw OpenVINO properties, passed as strings; it wins over
-    the keys above). Shapes are kept as the model has them; dynamic dims show as strings ('?', '1..8').
+    the keys above), ``options.static_shapes`` ({input name: shape}, every input: the model is reshaped to those
+static shapes before compiling; any of an input's tensor names may be used). Without it shapes are kept as the
+model has them; dynamic dims show as strings ('?', '1..8').
     AUTO gets ENABLE_STARTUP_FALLBACK = NO: otherwise its CPU serves the first inferences while the chosen device
     compiles (EXECUTION_DEVICES then reads '(CPU)'), and a measurement would mix two devices.
     """
@@ -165,6 +215,7 @@ class OpenVinoBackend:
         self._outputs: list[str] = []
         self._config: dict[str, Any] = {}
         self._available: list[str] = []
+        self._reshaped: dict[str, list[int]] = {}  # input name -> the static shape it was reshaped to
 
     @classmethod
     def import_runtime(cls) -> None:
@@ -231,6 +282,7 @@ class OpenVinoBackend:
         core = _core()
         self._available = [str(d) for d in core.available_devices]
         model = self._read(core)
+        self._reshape(model)
         try:
             self._compiled = core.compile_model(model, self.device, self._config)
             self._request = self._local.request = self._compiled.create_infer_request()
@@ -258,6 +310,29 @@ class OpenVinoBackend:
                         f"export{'' if weights.is_file() else f' ({weights.name} is missing)'}")
             raise ModelError(f"OpenVINO could not read {path}: {cause}", hint=hint) from None
 
+    def _reshape(self, model: Any) -> None:
+        """Reshape ``model`` in place to ``options.static_shapes`` before it is compiled (nothing without it, or
+        where an input already has that shape)."""
+        asked = static_shapes_option(self.ref)
+        if asked is None:
+            return
+        reshape = static_reshape(model, asked)
+        if not reshape:
+            return
+        ov = _ov()
+        try:
+            model.reshape({model.inputs[i]: ov.PartialShape(shape) for i, shape in reshape.items()})
+        except Exception as exc:  # e.g. a Reshape with a constant target shape that the new dims contradict
+            raise ModelError(f"OpenVINO could not reshape {self.ref.file.name} to {asked}: {first_cause(exc)}",
+                             hint="the model hard-codes a shape somewhere: re-export it with dynamic dims or at "
+                                  "the served shape") from None
+        self._reshaped = {str(model.inputs[i].get_any_name()): shape for i, shape in reshape.items()}
+
+    def compiled_shapes(self) -> dict[str, list[int | str]]:
+        """Each input's shape as compiled (read back from the compiled model), by the name the model gives it."""
+        return {spec.name: _dims(port.get_partial_shape())
+                for spec, port in zip(self._inputs, self._compiled.inputs, strict=True)}
+
     def _compile_hint(self, cause: str) -> str:
         """A device that failed gets its driver; any other compile failure points at the plan's properties."""
         if not any(sign in cause for sign in DEVICE_FAILURES):
@@ -279,7 +354,7 @@ class OpenVinoBackend:
         return str(port.get_any_name())
 
     def _spec(self, index: int, port: Any) -> TensorSpec:
-        shape = tuple(d.get_length() if d.is_static else str(d) for d in port.get_partial_shape())
+        shape = tuple(_dims(port.get_partial_shape()))
         element = port.get_element_type()
         try:
             dtype = str(np.dtype(element.to_dtype()))
@@ -289,6 +364,9 @@ class OpenVinoBackend:
 
     def input_specs(self) -> list[TensorSpec]:
         return self._inputs
+
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Runs the calling thread's own InferRequest (requests must not be shared between threads).
@@ -346,11 +424,15 @@ class OpenVinoBackend:
             "num_streams": first.get("NUM_STREAMS"),
             "inference_num_threads": first.get("INFERENCE_NUM_THREADS"),
             "inference_precision": first.get("INFERENCE_PRECISION_HINT"),
+            "precision": precision_key(first.get("INFERENCE_PRECISION_HINT")),
             "in_force": in_force,
             "config_requested": self._config,
             "available_devices": self._available,
             "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in self._inputs],
             "outputs": self._outputs,
+            "static_shapes": static_shapes_option(self.ref),
+            "reshaped": self._reshaped,
+            "compiled_shapes": self.compiled_shapes(),
         }
 
     def close(self) -> None:
