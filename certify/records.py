@@ -94,9 +94,10 @@ class AccuracyFigures(TypedDict, total=False):
     interval: list[float]
     confidence: float
     samples: int
-    top1_agreement: float
+    top1_agreement: float  # class-score outputs and language models only
     fidelity: dict[str, Any]  # language models: KL divergence, agreement, perplexity
     candidate_where: str
+    identical_outputs: bool  # the candidate's scored outputs equal the baseline's bit for bit
 
 
 class CaseFields(TypedDict):

@@ -185,7 +185,7 @@ class CertificationRun:
     def data(self, model: ModelPlan) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         if model.dataset.text is not None:
             return dataset.load_text_dataset(model.dataset, model.baseline, self.plan.measure.timeout_s)
-        return dataset.load_dataset(model.dataset)
+        return dataset.load_dataset(model.dataset, model.layout)
 
     def context(self, case: Case) -> GateContext:
         defaults = self.gates[case.gate].defaults if case.gate in self.gates else {}

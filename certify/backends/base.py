@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from certify.errors import ModelError
-from certify.plan.types import ModelRef
+from certify.measure import batching
+from certify.plan.types import Layout, ModelRef
 
 
 @dataclass(frozen=True)
@@ -86,38 +87,114 @@ class LanguageModel(Backend, Protocol):
     def tokenize(self, text: str) -> list[int]: ...
 
 
-def prepare_feeds(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def prepare_feeds(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray], layout: Layout | None = None, *,
+                  whole: bool = False) -> dict[str, np.ndarray]:
     """Map dataset arrays onto model inputs and check them, once, before any timing.
 
-    An array keyed ``""`` goes to the model's only input. Floats are cast to the model's float width
-    (a documented safe conversion); any other mismatch is a ModelError naming input, shape and dtype.
+    An array keyed ``""`` goes to the model's only input that the plan does not fill (a constant ``value`` or a
+    carried state). Constants are added, carried inputs the dataset does not give start as zeros. An input's
+    ``dtype`` in the plan casts to it; otherwise floats are cast to the model's float width (a documented safe
+    conversion); any other mismatch is a ModelError naming input, shape and dtype. Shapes are checked on every axis
+    but the input's batch axis (and a streamed input's chunk axis); ``whole=False`` (a served request, not the
+    whole dataset) also checks the batch against a batch size the model fixes.
     """
+    layout = layout or Layout()
+    constants, carried = layout.constants(), set(layout.carried_inputs)
     if set(arrays) == {""}:
-        if len(specs) != 1:
-            names = ", ".join(s.name for s in specs)
-            raise ModelError(f"the model has {len(specs)} inputs ({names}) but the dataset names one",
+        free = [s for s in specs if s.name not in constants and s.name not in carried]
+        if len(free) != 1:
+            names = ", ".join(s.name for s in free)
+            raise ModelError(f"the model has {len(free)} inputs to fill ({names}) but the dataset names one",
                              hint="map each model input to a dataset key: inputs = { name = 'key', ... }")
-        arrays = {specs[0].name: arrays[""]}
+        arrays = {free[0].name: arrays[""]}
+    arrays = {**arrays, **{name: np.asarray(t.value, dtype=t.dtype or _spec_dtype(specs, name))
+                           for name, t in constants.items()}}
+    unknown = [name for name in layout.constants() if name not in {s.name for s in specs}]
+    if unknown:
+        raise ModelError(f"the plan gives values for input(s) {unknown}, which the model does not have "
+                         f"(its inputs: {', '.join(s.name for s in specs)})", hint="fix [models.inputs.NAME]")
+    arrays = {**_initial_states(specs, arrays, layout), **arrays}
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise ModelError(f"dataset gives no array for model input(s) {missing}; it has {sorted(arrays)}",
                          hint="map model inputs to dataset keys in the plan's dataset.inputs table")
-    return {s.name: _check_array(s, np.asarray(arrays[s.name])) for s in specs}
+    feeds = {s.name: _check_array(s, np.asarray(arrays[s.name]), layout) for s in specs}
+    batching.samples(layout, {k: v for k, v in feeds.items() if k not in constants})
+    if not whole:
+        _check_served_batch(specs, feeds, layout)
+    return feeds
 
 
-def _check_array(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+def _spec_dtype(specs: list[TensorSpec], name: str) -> str | None:
+    return next((s.dtype for s in specs if s.name == name), None)
+
+
+def _initial_states(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray], layout: Layout
+                    ) -> dict[str, np.ndarray]:
+    """Zeros for each carried input the dataset does not give: the spec's shape, the batch of the other inputs."""
+    data = {k: v for k, v in arrays.items() if k not in layout.constants()}
+    batch = batching.samples(layout, data) if data else 1
+    zeros = {}
+    for spec in specs:
+        if spec.name not in layout.carried_inputs or spec.name in arrays:
+            continue
+        axis = batching.input_axis(layout, spec.name)
+        shape = [batch if i == axis else d for i, d in enumerate(spec.shape)]
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ModelError(f"carried input {spec.name!r} has dynamic dimensions {spec.shape}: its initial "
+                             "state cannot be zeros of a known shape",
+                             hint=f"give the initial state in the dataset (dataset.inputs {spec.name} = 'key')")
+        zeros[spec.name] = np.zeros([int(d) for d in shape if isinstance(d, int)], dtype=np.dtype(spec.dtype))
+    return zeros
+
+
+def _check_served_batch(specs: list[TensorSpec], feeds: Mapping[str, np.ndarray], layout: Layout) -> None:
+    fixed = batching.fixed_batch(layout, specs)
+    if fixed is None:
+        return
+    for spec in specs:
+        axis = batching.input_axis(layout, spec.name)
+        array = feeds[spec.name]
+        if axis is not None and array.ndim == len(spec.shape) and array.shape[axis] != fixed:
+            raise ModelError(f"input {spec.name!r} takes a fixed batch of {fixed} (shape {list(spec.shape)}) but this "
+                             f"request has {array.shape[axis]} samples",
+                             hint=f"set dataset.speed_batch_size = {fixed} (accuracy runs in batches of {fixed} by "
+                                  "itself)")
+
+
+def _check_array(spec: TensorSpec, array: np.ndarray, layout: Layout) -> np.ndarray:
     want = np.dtype(spec.dtype)
+    asked = layout.input(spec.name).dtype
+    if asked is not None:
+        array = array.astype(asked)
     if array.dtype != want:
         if array.dtype.kind == want.kind == "f" or (array.dtype.kind in "iu" and want.kind in "iu"):
             array = array.astype(want)
         else:
             raise ModelError(f"input {spec.name!r}: dataset dtype {array.dtype} but the model expects {want}",
-                             hint="convert the dataset to the model's input dtype")
-    if len(array.shape) != len(spec.shape) or any(
-        isinstance(d, int) and d > 0 and d != a for d, a in zip(spec.shape, array.shape, strict=False)
+                             hint=f"set [models.inputs.{spec.name}] dtype = '{want}' to cast it, or convert the "
+                                  "dataset")
+    axis = batching.input_axis(layout, spec.name)
+    shape = list(array.shape)
+    if batching.streamed(layout, spec.name) and array.ndim == len(spec.shape) + 1:
+        del shape[int(axis or 0) + 1]  # the chunk axis
+    if len(shape) != len(spec.shape) or any(
+        isinstance(d, int) and d > 0 and d != a and i != axis
+        for i, (d, a) in enumerate(zip(spec.shape, shape, strict=True))
     ):
         raise ModelError(
-            f"input {spec.name!r}: dataset shape {tuple(array.shape)} does not fit the model's {spec.shape}",
-            hint="check the dataset's inputs key and its layout (e.g. NCHW vs NHWC, flattened vs not)",
+            f"input {spec.name!r}: dataset shape {tuple(array.shape)} does not fit the model's {spec.shape}"
+            + (f" (batch on axis {axis})" if axis else ""),
+            hint=_shape_hint(spec, shape, axis),
         )
     return np.ascontiguousarray(array)
+
+
+def _shape_hint(spec: TensorSpec, shape: list[int], axis: int | None) -> str:
+    if len(shape) != len(spec.shape):
+        return (f"the model's input has {len(spec.shape)} axes, the array {len(shape)}: check the dataset key, and "
+                "for a scalar or unbatched input set [models.inputs.NAME] batch_axis = 'none' or a value")
+    moved = [i for i, d in enumerate(spec.shape) if isinstance(d, int) and d > 0 and d != shape[i]]
+    if axis == 0 and any(isinstance(spec.shape[i], int) and spec.shape[i] == shape[0] for i in moved):
+        return f"the samples may be on another axis: set [models.inputs.{spec.name}] batch_axis"
+    return "check the dataset's inputs key and its layout (e.g. NCHW vs NHWC, flattened vs not)"

@@ -4,35 +4,51 @@ computed once per session and reused by every candidate of the model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from certify.cases import safe_name
 from certify.errors import CertifyError
 from certify.gates.context import GateContext
 from certify.measure import accuracy
-from certify.metrics import METRICS
+from certify.metrics import metric_for, refusal
 from certify.policy import Policy
 from certify.records import AccuracyFigures
-from certify.verdict import GateResult, decide
+from certify.verdict import FAIL, GateResult, decide
 
 
 def evaluate(ctx: GateContext) -> GateResult:
     case, measure = ctx.case, ctx.plan.measure
     inputs, labels = ctx.data()
     bs = case.model.dataset.batch_size
+    metric = metric_for(case.model.metric, dict(case.model.metric_params))
     base_out = ctx.store.cached_array(
         safe_name(case.model.name) + "-baseline-outputs",
         lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure)[0])
+    reason, use = refusal(metric, base_out, labels)
+    if reason:
+        raise CertifyError(f"metric {metric.name!r} cannot judge this model: {reason}", hint=use)
     cand_out, where = accuracy.predict("candidate", case.candidate, inputs, bs, measure)
     if base_out.shape != cand_out.shape:
         raise CertifyError(f"its output shape {cand_out.shape} differs from the baseline's {base_out.shape}",
                            hint="the candidate must compute the same outputs as its baseline")
-    result = accuracy.evaluate(METRICS[case.model.metric], base_out, cand_out, labels, measure, ctx.policy.confidence)
+    result = accuracy.evaluate(metric, base_out, cand_out, labels, measure, ctx.policy.confidence)
     ctx.measurement.update(result, candidate_where=where)
-    return accuracy_gate(result, ctx.policy, ctx.hint)
+    return accuracy_gate(result, ctx.policy, ctx.hint, made_by_recipe=case.candidate.recipe is not None)
 
 
-def accuracy_gate(acc: AccuracyFigures, policy: Policy, hint: str) -> GateResult:
-    details = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples")}
+def accuracy_gate(acc: AccuracyFigures, policy: Policy, hint: str, *, made_by_recipe: bool = False) -> GateResult:
+    details: dict[str, Any] = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples",
+                                   "identical_outputs") if k in acc}
     label = f"{acc['metric']} retention ({acc['candidate']:.4g} vs baseline {acc['baseline']:.4g})"
     interval = (acc["interval"][0], acc["interval"][1])
-    return decide("accuracy", label, acc["retention"], interval, policy.min_accuracy_retention,
-                  policy=policy, unit="%", hint=hint, details=details)
+    result = decide("accuracy", label, acc["retention"], interval, policy.min_accuracy_retention,
+                    policy=policy, unit="%", hint=hint, details=details)
+    if not acc.get("identical_outputs"):
+        return result
+    same = f"its outputs are bit-identical to the baseline's on all {acc['samples']} samples"
+    if made_by_recipe:  # an optimization that computes exactly what the baseline does changed nothing
+        return replace(result, verdict=FAIL, reason=f"the recipe changed nothing: {same} ({result.reason})",
+                       hint="check the recipe's log: a quantizer that skipped every node (e.g. inside If "
+                            "subgraphs) or a conversion that kept the float weights")
+    return replace(result, reason=f"{result.reason}; {same}: the candidate computes exactly what the baseline does")

@@ -56,7 +56,7 @@ class GateContext:
 
     def speed_feeds(self) -> dict[str, np.ndarray]:
         """The one input every speed and memory measurement of this model uses (``dataset.speed_batch_size``)."""
-        return dataset.speed_batch(self.data()[0], self.case.model.dataset.speed_batch_size)
+        return dataset.speed_batch(self.data()[0], self.case.model.dataset.speed_batch_size, self.case.model.layout)
 
     def cannot_run(self, ref: ModelRef) -> str:
         """'' when ``ref``'s framework and device are present here, else what is missing and how to install it."""

@@ -32,7 +32,7 @@ from certify.backends import resolve_backend
 from certify.digests import model_files
 from certify.errors import CertifyError, WorkerCrashed
 from certify.hardware import DEVICES
-from certify.measure import accuracy
+from certify.measure import accuracy, batching
 from certify.measure.client import WorkerClient
 from certify.measure.probes import first_line
 from certify.plan import ModelRef
@@ -108,18 +108,19 @@ def missing_device(ctx: GateContext, ref: ModelRef) -> str:
 def sample(ctx: GateContext) -> dict[str, np.ndarray]:
     inputs, _ = ctx.data()
     rows = SAMPLE_PROMPTS if ctx.case.model.dataset.text is not None else SAMPLE_ROWS
-    return {k: np.asarray(a[:rows]) for k, a in inputs.items()}
+    return batching.select(ctx.case.model.layout, inputs, slice(0, rows))
 
 
 def answer(worker: WorkerClient, inputs: dict[str, np.ndarray], batch_size: int, key: str = "fallback") -> np.ndarray:
-    worker.call("feeds", key=key, arrays=inputs)
-    return np.asarray(worker.call("predict", key=key, batch_size=batch_size))
+    """The scored outputs for ``inputs`` (a dataset sample, batched by the worker along the model's batch axes)."""
+    worker.call("feeds", key=key, arrays=inputs, whole=True)
+    return np.asarray(worker.call("predict", key=key, batch_size=batch_size)["scored"])
 
 
 def first_answer(worker: WorkerClient, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The answer to the first input alone: what a serving process gives its first client (compared like for like,
     since a kernel that couples the batch, e.g. dynamic quantization, answers a row alone a little differently)."""
-    return answer(worker, {k: a[:1] for k, a in inputs.items()}, 1, key="first")
+    return answer(worker, batching.select(worker.ref.layout, inputs, slice(0, 1)), 1, key="first")
 
 
 def reference_answers(ref: ModelRef, inputs: dict[str, np.ndarray], batch: int, timeout_s: float, role: str

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from certify.errors import CertifyError, WorkerCrashed
+from certify.measure import batching
 from certify.measure.client import WorkerClient
 from certify.measure.probes import (
     ARRAY_PROBES,
@@ -41,7 +42,7 @@ from certify.measure.probes import (
     first_line,
     same,
 )
-from certify.plan import ModelRef
+from certify.plan import Layout, ModelRef
 from certify.verdict import FAIL, NOT_APPLICABLE, PASS, GateResult, errored, label
 
 if TYPE_CHECKING:
@@ -188,13 +189,15 @@ def valid_request(ctx: GateContext) -> dict[str, np.ndarray]:
     if ctx.case.model.dataset.text is not None:
         return {k: np.asarray(a[:1, :VALID_TOKENS]) for k, a in inputs.items()}
     rows = max(1, min(VALID_ROWS, ctx.case.model.dataset.speed_batch_size))
-    return {k: np.asarray(a[:rows]) for k, a in inputs.items()}
+    layout = ctx.case.model.layout
+    return batching.first_step(layout, batching.select(layout, inputs, slice(0, rows)))
 
 
-def limits_for(valid: dict[str, np.ndarray], loaded: dict[str, Any]) -> dict[str, Any]:
+def limits_for(valid: dict[str, np.ndarray], loaded: dict[str, Any], layout: Layout | None = None) -> dict[str, Any]:
     """The oversized batch's rows (4096, fewer when they would pass 256 MiB) and the context length, if known."""
-    row_bytes = max(1, sum(int(a[:1].nbytes) for a in valid.values()))
-    n = len(next(iter(valid.values())))
+    layout = layout or Layout()
+    row_bytes = max(1, sum(int(a.nbytes) for a in batching.select(layout, valid, slice(0, 1)).values()))
+    n = batching.samples(layout, {k: v for k, v in valid.items() if k not in layout.constants()})
     return {"rows": max(2 * n, min(OVERSIZED_ROWS, OVERSIZED_BYTES // row_bytes)),
             "n_ctx": loaded.get("info", {}).get("n_ctx")}
 
@@ -228,7 +231,7 @@ def evaluate(ctx: GateContext) -> GateResult:
     session, results, limits = Session(ctx.case.candidate, valid, timeout_s), [], {}
     try:
         before = session.start()
-        limits = limits_for(valid, session.loaded)
+        limits = limits_for(valid, session.loaded, ctx.case.model.layout)
         for probe_ in probes:  # the oversized batch may take its rows' time; a hang is no answer in 20x that
             scale = limits["rows"] / len(next(iter(valid.values()))) if probe_.rule == OVERSIZED else 1.0
             wait = min(timeout_s, max(PROBE_TIMEOUT_S, 20 * session.latency_s * scale))

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from certify import verdict
-from certify.measure import stats
+from certify.measure import batching, stats
 from certify.measure.client import WorkerClient
-from certify.plan import Measure, Stress
+from certify.plan import Layout, Measure, Stress
 from certify.policy import Policy
 from certify.verdict import GateResult
 
@@ -51,13 +51,17 @@ CHECK_HINTS = {
 }
 
 
-def distinct_requests(inputs: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Up to ``MAX_DISTINCT_REQUESTS`` requests of ``batch_size`` consecutive dataset rows each (one request with
-    every row when the dataset is smaller than a batch)."""
-    rows = len(next(iter(inputs.values())))
+def distinct_requests(inputs: dict[str, np.ndarray], batch_size: int, layout: Layout | None = None
+                      ) -> list[dict[str, np.ndarray]]:
+    """Up to ``MAX_DISTINCT_REQUESTS`` requests of ``batch_size`` consecutive dataset samples each, along each
+    input's batch axis (one request with every sample when the dataset is smaller than a batch); a streaming
+    model's request is one chunk step of those sequences from their initial state."""
+    layout = layout or Layout()
+    rows = batching.samples(layout, {k: v for k, v in inputs.items() if k not in layout.constants()})
     size = max(1, min(batch_size, rows))
     count = max(1, min(MAX_DISTINCT_REQUESTS, rows // size))
-    return [{k: v[i * size:(i + 1) * size] for k, v in inputs.items()} for i in range(count)]
+    return [batching.first_step(layout, batching.select(layout, inputs, slice(i * size, (i + 1) * size)))
+            for i in range(count)]
 
 
 def budget_s(stress: Stress, measure: Measure) -> tuple[float, float]:
@@ -97,7 +101,7 @@ def evaluate(ctx: GateContext) -> GateResult:
 
 def _measure_once(ctx: GateContext) -> tuple[dict[str, Any], dict[str, Any], int]:
     case, stress, measure = ctx.case, ctx.plan.stress, ctx.plan.measure
-    requests = distinct_requests(ctx.data()[0], case.model.dataset.speed_batch_size)
+    requests = distinct_requests(ctx.data()[0], case.model.dataset.speed_batch_size, case.model.layout)
     drain, deadline = budget_s(stress, measure)
     with WorkerClient("candidate", ctx.case.candidate, measure.timeout_s) as worker:
         loaded = worker.call("load", ref=ctx.case.candidate)
@@ -108,7 +112,7 @@ def _measure_once(ctx: GateContext) -> tuple[dict[str, Any], dict[str, Any], int
                              clients=stress.clients, duration_s=stress.duration_s, rate=stress.rate,
                              windows=stress.windows, sample_every=stress.sample_every, seed=measure.seed,
                              drain_s=drain)
-    return analyse(served, stress.windows), loaded, len(next(iter(requests[0].values())))
+    return analyse(served, stress.windows), loaded, batching.samples(case.model.layout, requests[0])
 
 
 def busiest_other_cores(figures: dict[str, Any]) -> float | None:

@@ -29,6 +29,7 @@ class WorkerClient:
 
     def __init__(self, role: str, ref: ModelRef, timeout_s: float) -> None:
         self.role = role
+        self.ref = ref
         self.label = f"{role} {ref.name!r}"
         self.timeout_s = timeout_s
         self._waiting_s = timeout_s  # the deadline of the call in progress (a call may pass its own)

@@ -8,14 +8,18 @@ from typing import Any
 import numpy as np
 
 from certify.errors import CertifyError
-from certify.plan import Dataset, ModelRef
+from certify.measure import batching
+from certify.plan import Dataset, Layout, ModelRef
 
 
 class DatasetError(CertifyError):
     """The dataset cannot be read or is inconsistent."""
 
 
-def load_dataset(dataset: Dataset) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def load_dataset(dataset: Dataset, layout: Layout | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Inputs keyed by model input name and labels; samples counted and limited along each input's batch axis
+    (``layout``, the plan's ``[models.inputs]``); labels hold one row per sample."""
+    layout = layout or Layout()
     if dataset.path is not None:
         with np.load(dataset.path, allow_pickle=False) as npz:
             inputs = {name: np.asarray(npz[key]) for name, key in dataset.inputs}
@@ -23,12 +27,12 @@ def load_dataset(dataset: Dataset) -> tuple[dict[str, np.ndarray], np.ndarray | 
         where = str(dataset.path)
     else:
         assert dataset.loader is not None
-        inputs, labels = _from_loader(dataset.loader)
+        inputs, labels = _from_loader(dataset.loader, layout)
         where = dataset.loader
     if dataset.limit:
-        inputs = {k: v[: dataset.limit] for k, v in inputs.items()}
+        inputs = batching.select(layout, inputs, slice(0, dataset.limit))
         labels = labels[: dataset.limit] if labels is not None else None
-    _check_lengths(inputs, labels, where)
+    _check_lengths(inputs, labels, where, layout)
     return inputs, labels
 
 
@@ -60,13 +64,17 @@ def text_chunks(tokens: list[int], dataset: Dataset) -> tuple[dict[str, np.ndarr
     return {"": windows[:, :-1]}, windows[:, 1:]
 
 
-def speed_batch(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """The identical input every speed and memory run uses: the first ``batch_size`` samples."""
-    return {k: v[:batch_size] for k, v in inputs.items()}
+def speed_batch(inputs: dict[str, np.ndarray], batch_size: int, layout: Layout | None = None
+                ) -> dict[str, np.ndarray]:
+    """The identical input every speed and memory run uses: the first ``batch_size`` samples (along each input's
+    batch axis); for a streaming model, their first chunk (the state carried from there)."""
+    layout = layout or Layout()
+    return batching.first_step(layout, batching.select(layout, inputs, slice(0, batch_size)))
 
 
-def _from_loader(target: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """A ``module:function`` returning or yielding ``(inputs, labels)``; inputs an array or a dict."""
+def _from_loader(target: str, layout: Layout) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """A ``module:function`` returning or yielding ``(inputs, labels)``; inputs an array or a dict. Yielded parts
+    (batches, or a streaming model's sequences) are joined along each input's batch axis."""
     module_name, _, attr = target.partition(":")
     try:
         produced: Any = getattr(importlib.import_module(module_name), attr)()
@@ -77,17 +85,32 @@ def _from_loader(target: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]
     if not batches or not all(isinstance(b, tuple) and len(b) == 2 for b in batches):
         raise DatasetError(f"dataset.loader {target!r} must return or yield (inputs, labels) tuples")
     as_dicts = [b[0] if isinstance(b[0], dict) else {"": b[0]} for b in batches]
-    inputs = {k: np.concatenate([np.asarray(d[k]) for d in as_dicts]) for k in as_dicts[0]}
+    inputs = {k: _joined([np.asarray(d[k]) for d in as_dicts], batching.input_axis(layout, k)) for k in as_dicts[0]}
     labels = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
     return inputs, labels
 
 
-def _check_lengths(inputs: dict[str, np.ndarray], labels: np.ndarray | None, where: str) -> None:
-    lengths = {k or "inputs": v.shape[0] if v.ndim else 0 for k, v in inputs.items()}
+def _check_lengths(inputs: dict[str, np.ndarray], labels: np.ndarray | None, where: str, layout: Layout) -> None:
+    try:
+        lengths = {k or "inputs": n for k, n in batching.count(layout, inputs).items()}
+    except CertifyError as exc:
+        raise DatasetError(f"{where}: {exc.message}", hint=exc.hint) from None
+    unbatched = [k for k, v in inputs.items() if v.ndim == 0 and batching.input_axis(layout, k) is not None]
+    if unbatched:
+        raise DatasetError(f"{where}: input(s) {unbatched} are scalars, so they hold no samples",
+                           hint="declare them [models.inputs.NAME] batch_axis = 'none' (fed whole every call), "
+                                "or give a constant: value = ...")
     if labels is not None:
         lengths["labels"] = labels.shape[0] if labels.ndim else 0
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"{where}: arrays disagree on the number of samples: {lengths}",
-                           hint="every input and the labels need one row per sample")
+                           hint="every input needs its samples on its batch axis (axis 0 unless [models.inputs.NAME] "
+                                "batch_axis says otherwise) and the labels one row per sample")
     if 0 in lengths.values():
         raise DatasetError(f"{where}: the dataset has no samples", hint="check the file and the plan's limit")
+
+
+def _joined(parts: list[np.ndarray], axis: int | None) -> np.ndarray:
+    if axis is None or parts[0].ndim == 0:
+        return parts[0]
+    return np.concatenate(parts, axis=axis)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from certify.errors import CertifyError
+from certify.measure import batching
 
 # what a right answer is, when the runtime answers instead of raising
 REJECT = "reject"  # no answer is right: any answer is wrong-but-silent
@@ -102,93 +103,141 @@ class Request:
     text: str | None = None  # for backend.tokenize, then the tokens for infer
     equivalent: dict[str, np.ndarray] | None = None  # the well-formed request whose answer it must equal
     shapes: list[tuple[int, ...]] | None = None  # the answer's expected shapes
-    same_rows: slice | None = None  # rows of the answer that must equal the valid answer's
+    same_rows: slice | None = None  # samples of the answer (along each output's batch axis) equal to the valid one's
     skip: str = ""  # why the probe does not apply to this model
 
 
-Maker = Callable[[dict[str, np.ndarray], list[np.ndarray], dict[str, Any]], Request]
+@dataclass(frozen=True)
+class Axes:
+    """Where the model's tensors hold their samples (the plan's layout, resolved against the loaded model)."""
+
+    inputs: dict[str, int | None]  # each input's batch axis (None: a constant or unbatched input)
+    outputs: list[int | None]  # each output's batch axis, in infer's order
+    declared: dict[str, tuple[Any, ...]]  # each input's declared shape (ints fixed, names/None dynamic)
+    data: tuple[str, ...]  # the inputs a probe corrupts: batched, neither constant nor carried state
+
+    def first(self, valid: dict[str, np.ndarray]) -> str:
+        return next((n for n in self.data if n in valid), next(iter(valid)))
+
+    def take(self, feeds: dict[str, np.ndarray], index: slice | np.ndarray) -> dict[str, np.ndarray]:
+        return {k: batching.rows(a, self.inputs.get(k, 0), index) for k, a in feeds.items()}
+
+    def sized(self, shape: tuple[int, ...], position: int, samples: int) -> tuple[int, ...]:
+        """An answer's shape with ``samples`` on output ``position``'s batch axis."""
+        axis = self.outputs[position] if position < len(self.outputs) else 0
+        return shape if axis is None or axis >= len(shape) else (*shape[:axis], samples, *shape[axis + 1:])
+
+    def same(self, outputs: list[np.ndarray], index: slice) -> list[np.ndarray]:
+        return [batching.rows(o, self.outputs[i] if i < len(self.outputs) else 0, index)
+                for i, o in enumerate(outputs)]
 
 
-def _first(valid: dict[str, np.ndarray]) -> str:
-    return next(iter(valid))
+def axes_of(worker: Any) -> Axes:
+    layout, specs = worker.layout, worker.backend.input_specs()
+    names = worker.output_names()
+    inputs = {s.name: batching.input_axis(layout, s.name) for s in specs}
+    outputs = [batching.output_axis(layout, n) for n in names] if names else []
+    data = tuple(n for n, axis in inputs.items() if axis is not None and n not in layout.carried_inputs)
+    return Axes(inputs, outputs, {s.name: tuple(s.shape) for s in specs}, data)
 
 
-def _extra_dimension(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    name = _first(valid)
+Maker = Callable[[dict[str, np.ndarray], list[np.ndarray], dict[str, Any], Axes], Request]
+
+
+def _extra_dimension(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                     axes: Axes) -> Request:
+    name = axes.first(valid)
     return Request({**valid, name: valid[name][None]}, equivalent=valid)
 
 
-def _missing_dimension(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    one, name = {k: a[:1] for k, a in valid.items()}, _first(valid)
-    return Request({**one, name: one[name][0]}, equivalent=one)
+def _missing_dimension(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                       axes: Axes) -> Request:
+    one, name = axes.take(valid, slice(0, 1)), axes.first(valid)
+    return Request({**one, name: np.take(one[name], 0, axis=axes.inputs.get(name) or 0)}, equivalent=one)
 
 
-def _wrong_feature_size(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    name = _first(valid)
-    array = valid[name]
-    if array.ndim < 2:
-        return Request(skip=f"input {name!r} has no feature dimension")
-    return Request({**valid, name: np.concatenate([array, array[..., :1]], axis=-1)})
+def _wrong_feature_size(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                        axes: Axes) -> Request:
+    """One more element on the input's last fixed dimension; a dimension the model declares dynamic (H and W of
+    a fully convolutional network) takes any size, so it is never the one changed."""
+    name = axes.first(valid)
+    array, declared, batch = valid[name], axes.declared.get(name, ()), axes.inputs.get(name)
+    fixed = [i for i, d in enumerate(declared) if i != batch and isinstance(d, int) and d > 0 and i < array.ndim]
+    if not fixed:
+        why = "no feature dimension" if array.ndim < 2 else f"only dynamic dimensions besides the batch {declared}"
+        return Request(skip=f"input {name!r} has {why}: any size is a valid request")
+    axis = fixed[-1]
+    return Request({**valid, name: np.concatenate([array, np.take(array, [0], axis=axis)], axis=axis)})
 
 
-def _wrong_float_dtype(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    name = _first(valid)
+def _wrong_float_dtype(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                       axes: Axes) -> Request:
+    name = axes.first(valid)
     array = valid[name]
     wrong = array.astype(np.float32 if array.dtype == np.float64 else np.float64)
     return Request({**valid, name: wrong}, equivalent={**valid, name: wrong.astype(array.dtype)})
 
 
-def _wrong_int_dtype(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    name = _first(valid)
+def _wrong_int_dtype(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                     axes: Axes) -> Request:
+    name = axes.first(valid)
     array = valid[name]
     wrong = (np.round(array) if array.dtype.kind == "f" else array).astype(
         np.int64 if array.dtype == np.int32 else np.int32)
     return Request({**valid, name: wrong}, equivalent={**valid, name: wrong.astype(array.dtype)})
 
 
-def _string_array(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    name = _first(valid)
+def _string_array(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                  axes: Axes) -> Request:
+    name = axes.first(valid)
     return Request({**valid, name: np.full(valid[name].shape, "not a number")})
 
 
 def _non_finite(value: float) -> Maker:
-    def make(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-        name = next((k for k, a in valid.items() if a.dtype.kind == "f"), None)
+    def make(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any], axes: Axes) -> Request:
+        name = next((k for k in axes.data if k in valid and valid[k].dtype.kind == "f"), None)
         if name is None:
-            return Request(skip="the model has no float input")
-        array = valid[name].copy()
-        array.flat[0] = value  # one element of the first row: the other rows must not notice
+            return Request(skip="the model has no float data input")
+        array, axis = valid[name].copy(), axes.inputs.get(name) or 0
+        first = np.moveaxis(array, axis, 0)[0]  # a view: one element of the first sample only
+        first.flat[0] = value  # the other samples must not notice
         return Request({**valid, name: array}, shapes=[o.shape for o in answer], same_rows=slice(1, None))
 
     return make
 
 
-def _empty_batch(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    return Request({k: a[:0] for k, a in valid.items()}, shapes=[(0, *o.shape[1:]) for o in answer])
+def _empty_batch(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                 axes: Axes) -> Request:
+    return Request(axes.take(valid, slice(0, 0)), shapes=[axes.sized(o.shape, i, 0) for i, o in enumerate(answer)])
 
 
-def _oversized_batch(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    rows, n = int(limits["rows"]), len(next(iter(valid.values())))
-    feeds = {k: np.resize(a, (rows, *a.shape[1:])) for k, a in valid.items()}  # the valid rows, repeated
-    return Request(feeds, shapes=[(rows, *o.shape[1:]) for o in answer], same_rows=slice(0, n))
+def _oversized_batch(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                     axes: Axes) -> Request:
+    rows, name = int(limits["rows"]), axes.first(valid)
+    n = valid[name].shape[axes.inputs.get(name) or 0]
+    feeds = axes.take(valid, np.arange(rows) % n)  # the valid samples, repeated
+    return Request(feeds, shapes=[axes.sized(o.shape, i, rows) for i, o in enumerate(answer)],
+                   same_rows=slice(0, n))
 
 
-def _over_long(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    n_ctx, name = limits.get("n_ctx"), _first(valid)
+def _over_long(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+               axes: Axes) -> Request:
+    n_ctx, name = limits.get("n_ctx"), axes.first(valid)
     if not n_ctx:
         return Request(skip="the backend reports no context length (info()['n_ctx'])")
     tokens = np.resize(valid[name][0], (1, int(n_ctx) + 1))
     return Request({name: tokens}, shapes=[(1, int(n_ctx) + 1, answer[0].shape[-1])])
 
 
-def _empty_prompt(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-    name = _first(valid)
+def _empty_prompt(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                  axes: Axes) -> Request:
+    name = axes.first(valid)
     return Request({name: valid[name][:1, :0]}, shapes=[(1, 0, answer[0].shape[-1])])
 
 
 def _token_id(past_vocabulary: bool) -> Maker:
-    def make(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
-        name = _first(valid)
+    def make(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any], axes: Axes) -> Request:
+        name = axes.first(valid)
         tokens = valid[name][:1].copy()
         tokens[0, -1] = answer[0].shape[-1] if past_vocabulary else -1  # logits [.., vocab]: the vocabulary size
         return Request({name: tokens})
@@ -196,7 +245,8 @@ def _token_id(past_vocabulary: bool) -> Maker:
     return make
 
 
-def _invalid_utf8(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any]) -> Request:
+def _invalid_utf8(valid: dict[str, np.ndarray], answer: list[np.ndarray], limits: dict[str, Any],
+                  axes: Axes) -> Request:
     return Request(text=INVALID_UTF8)
 
 
@@ -223,9 +273,9 @@ def serve(worker: Any, key: str) -> list[np.ndarray]:
 def probe(worker: Any, name: str, key: str, limits: dict[str, Any]) -> dict[str, Any]:
     """Send probe ``name`` (built from the valid request ``worker.feeds[key]``) straight to the backend and report
     what came back: the exception (type, first line) or a summary of the answer judged against what it should be."""
-    backend, valid = worker.backend, worker.feeds[key]
+    backend, valid, axes = worker.backend, worker.feeds[key], axes_of(worker)
     answer = _infer(backend, valid)
-    request = MAKERS[name](valid, answer, limits)
+    request = MAKERS[name](valid, answer, limits, axes)
     if request.skip:
         return {"skip": request.skip}
     seen: dict[str, Any] = {"input": _describe(request)}
@@ -239,7 +289,7 @@ def probe(worker: Any, name: str, key: str, limits: dict[str, Any]) -> dict[str,
         if tokens is not None:
             seen["tokens"] = len(tokens)
             request.shapes = [(1, len(tokens), answer[0].shape[-1])] if tokens else []
-        seen.update(raised=False, **_judged(backend, request, outputs, answer))
+        seen.update(raised=False, **_judged(backend, request, outputs, answer, axes))
     seen["duration_s"] = time.perf_counter() - started
     return seen
 
@@ -252,7 +302,8 @@ def _send(backend: Any, request: Request) -> tuple[list[np.ndarray], list[int] |
     return (_infer(backend, {"tokens": np.array([tokens], dtype=np.int32)}) if tokens else []), tokens
 
 
-def _judged(backend: Any, request: Request, outputs: list[np.ndarray], answer: list[np.ndarray]) -> dict[str, Any]:
+def _judged(backend: Any, request: Request, outputs: list[np.ndarray], answer: list[np.ndarray], axes: Axes
+            ) -> dict[str, Any]:
     shapes = [tuple(int(d) for d in o.shape) for o in outputs]
     judged: dict[str, Any] = {
         "outputs": [{"shape": list(s), "dtype": str(o.dtype)} for s, o in zip(shapes, outputs, strict=True)],
@@ -263,7 +314,7 @@ def _judged(backend: Any, request: Request, outputs: list[np.ndarray], answer: l
         "rows_poisoned": None, "rows_drift": None,
     }
     if request.same_rows is not None and judged["shapes_ok"]:
-        judged.update(row_drift([o[request.same_rows] for o in outputs], [a[request.same_rows] for a in answer]))
+        judged.update(row_drift(axes.same(outputs, request.same_rows), axes.same(answer, request.same_rows)))
     return judged
 
 

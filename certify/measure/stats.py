@@ -33,7 +33,7 @@ def summarize(times_ns: np.ndarray) -> dict[str, float]:
     return summary
 
 
-def _interval(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(estimates: np.ndarray, confidence: float) -> tuple[float, float]:
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(estimates, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
@@ -89,7 +89,7 @@ def _block_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int, seed: int,
         return np.asarray(np.median(a[idx].reshape(rows, -1), axis=1) / np.median(b[idx].reshape(rows, -1), axis=1))
 
     estimates = bootstrap(blocks, width, resamples=resamples, seed=seed, estimate=ratio)
-    return point, _interval(estimates, confidence)
+    return point, percentile_interval(estimates, confidence)
 
 
 def _paired_blocks(baseline: np.ndarray, candidate: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +174,7 @@ def paired_statistic(reduce: Callable[[np.ndarray], np.ndarray], base_scores: np
     estimates = bootstrap(base_scores.size, 1, resamples=resamples, seed=seed,
                           estimate=lambda idx: combine(reduce(base_scores[idx]), reduce(cand_scores[idx])))
     finite = estimates[np.isfinite(estimates)]
-    return point, _interval(finite, confidence) if finite.size else (point, point)
+    return point, percentile_interval(finite, confidence) if finite.size else (point, point)
 
 
 def drift(times_ns: np.ndarray) -> float:

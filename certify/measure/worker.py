@@ -18,7 +18,8 @@ from typing import IO, Any
 import numpy as np
 
 from certify.errors import CertifyError, ModelError
-from certify.measure import memory
+from certify.measure import batching, memory
+from certify.plan.types import Layout
 
 HEADER = struct.Struct("<Q")
 
@@ -45,6 +46,7 @@ class Worker:
         self.feeds: dict[str, dict[str, np.ndarray]] = {}
         self.rss_before = 0
         self.peak_reset = False
+        self.layout = Layout()
 
     def cmd_load(self, ref: Any) -> dict[str, Any]:
         from certify.backends import resolve_backend
@@ -61,15 +63,34 @@ class Worker:
         t1 = time.perf_counter()
         self.backend = cls(ref)
         self.backend.load()
+        self.layout = ref.layout
         return {"import_s": import_s, "load_s": time.perf_counter() - t1, "info": self.backend.info(),
                 "executed_device": self.backend.executed_device(), "rss_before": self.rss_before,
                 "inputs": [vars(s) for s in self.backend.input_specs()]}
 
-    def cmd_feeds(self, key: str, arrays: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    def cmd_feeds(self, key: str, arrays: dict[str, np.ndarray], whole: bool = False) -> dict[str, list[int]]:
+        """Prepare and keep arrays as the feeds ``key``: a served request, or (``whole``) a whole dataset that
+        ``predict`` will batch."""
         from certify.backends.base import prepare_feeds
 
-        self.feeds[key] = prepare_feeds(self.backend.input_specs(), arrays)
+        self.feeds[key] = prepare_feeds(self.backend.input_specs(), arrays, self.layout, whole=whole)
         return {name: list(a.shape) for name, a in self.feeds[key].items()}
+
+    def output_names(self) -> list[str]:
+        """The model's output names, in ``infer``'s order (``output0``... for a backend that names none)."""
+        names = getattr(self.backend, "output_names", None)
+        return list(names()) if names is not None else []
+
+    def _carry(self) -> list[tuple[int, str]]:
+        """(output position, input name) of each output a streaming model feeds back."""
+        names = self.output_names()
+        pairs = []
+        for output, fed in self.layout.carry:
+            if output not in names:
+                raise ModelError(f"[models.stream] carry names output {output!r}, which the model does not have "
+                                 f"(its outputs: {', '.join(names) or 'unnamed'})", hint="name one of its outputs")
+            pairs.append((names.index(output), fed))
+        return pairs
 
     def cmd_run(self, key: str, iterations: int, rewarm: int = 0, mode: str = "infer") -> np.ndarray:
         """The timed loop: only the inference call sits between the two clock reads.
@@ -83,6 +104,8 @@ class Worker:
             return self._decode_run(key, iterations, rewarm)
         if mode == "prompt":
             return self._prompt_run(key, iterations, rewarm)
+        if self.layout.carry:
+            return self._stream_run(key, iterations, rewarm)
         feeds, infer, clock = self.feeds[key], self.backend.infer, time.perf_counter_ns
         for _ in range(rewarm):
             infer(feeds)
@@ -91,6 +114,20 @@ class Worker:
             start = clock()
             infer(feeds)
             times[i] = clock() - start
+        return times
+
+    def _stream_run(self, key: str, iterations: int, rewarm: int) -> np.ndarray:
+        """A streaming model: each iteration is one chunk step, its carried outputs fed to the next (outside the
+        clock reads, as a deployment would hand the state over)."""
+        feeds, infer, clock, carry = dict(self.feeds[key]), self.backend.infer, time.perf_counter_ns, self._carry()
+        times = np.empty(iterations, dtype=np.int64)
+        for i in range(rewarm + iterations):
+            start = clock()
+            outputs = infer(feeds)
+            if i >= rewarm:
+                times[i - rewarm] = clock() - start
+            for position, fed in carry:
+                feeds[fed] = outputs[position]
         return times
 
     def _decode_run(self, key: str, iterations: int, rewarm: int) -> np.ndarray:
@@ -104,17 +141,49 @@ class Worker:
     def cmd_tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self.backend.tokenize(text)]
 
-    def cmd_predict(self, key: str, batch_size: int) -> np.ndarray:
-        """Run the whole dataset in batches; return the first output, concatenated."""
-        feeds = self.feeds[key]
-        n = next(iter(feeds.values())).shape[0]
-        parts = []
-        for start in range(0, n, batch_size):
-            batch = {name: a[start:start + batch_size] for name, a in feeds.items()}
-            parts.append(np.asarray(self.backend.infer(batch)[0]))
+    def cmd_predict(self, key: str, batch_size: int) -> dict[str, Any]:
+        """Run the whole dataset (feeds ``key``, prepared with ``whole``) in batches along each input's batch axis;
+        return the scored output(s) with samples first, and how the batches were made.
+
+        A model that fixes its batch size runs in batches of that size, the last one padded by repeating its last
+        sample (the pad's outputs are dropped). A streaming model runs each batch of sequences chunk by chunk,
+        carrying its state; its outputs gain a chunk axis after their batch axis."""
+        feeds, layout = self.feeds[key], self.layout
+        specs = self.backend.input_specs()
+        n = batching.samples(layout, {k: v for k, v in feeds.items() if k not in layout.constants()})
+        fixed = batching.fixed_batch(layout, specs)
+        step = fixed or batch_size
+        names, parts, padded = self.output_names(), [], 0
+        for start in range(0, n, step):
+            index = np.arange(start, min(start + step, n))
+            real = len(index)
+            if fixed and real < fixed:
+                index = np.concatenate([index, np.full(fixed - real, index[-1])])
+                padded += fixed - real
+            batch = batching.select(layout, feeds, index)
+            outputs = self._stream(batch) if layout.carry else [np.asarray(o) for o in self.backend.infer(batch)]
+            names = names or [f"output{i}" for i in range(len(outputs))]
+            parts.append([batching.rows(o, batching.output_axis(layout, name), slice(0, real))
+                          for name, o in zip(names, outputs, strict=True)])
         if not parts:
             raise ModelError("the dataset is empty: nothing to evaluate")
-        return np.concatenate(parts, axis=0)
+        joined = batching.join(layout, names, parts)
+        return {"scored": batching.scored_array(layout, names, joined),
+                "batching": {"samples": n, "batch_size": step, "fixed_batch": fixed, "padded": padded,
+                             "streamed": bool(layout.carry), "outputs": names,
+                             "scored": [names[i] for i in batching.scored(layout, names)]}}
+
+    def _stream(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One batch of sequences, chunk after chunk, each call's carried outputs fed to the next call."""
+        carry, layout, names = self._carry(), self.layout, self.output_names()
+        steps = []
+        state = {fed: batch[fed] for _, fed in carry}
+        for c in range(batching.chunk_count(layout, batch)):
+            outputs = [np.asarray(o) for o in self.backend.infer({**batching.chunk(layout, batch, c), **state})]
+            state = {fed: outputs[position] for position, fed in carry}
+            steps.append(outputs)
+        return [np.stack([s[i] for s in steps], axis=int(batching.output_axis(layout, name) or 0) + 1)
+                for i, name in enumerate(names or [f"output{i}" for i in range(len(steps[0]))])]
 
     def cmd_memory(self) -> dict[str, Any]:
         """The peak and current resident set, and how much of the current one is the model's own files mapped.

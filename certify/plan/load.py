@@ -18,15 +18,17 @@ from typing import Any
 from certify.errors import PlanError, did_you_mean
 from certify.frameworks import FRAMEWORKS
 from certify.hardware import DEVICES, PLATFORMS
-from certify.metrics import METRICS
+from certify.metrics import METRICS, MetricError, metric_for
 from certify.plan.types import (
     NOISE_OPTIONS,
     Dataset,
+    Layout,
     Measure,
     ModelPlan,
     ModelRef,
     Plan,
     Stress,
+    Tensor,
 )
 from certify.policy import POLICIES, THRESHOLD_TYPES, Policy
 from certify.recipes import Recipe, check_params
@@ -234,22 +236,15 @@ def _noise(table: _Table) -> str:
 
 
 def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
-    table.check_keys({"name", "metric", "dataset", "baseline", "candidates"})
+    table.check_keys({"name", "metric", "dataset", "baseline", "candidates", "inputs", "outputs", "stream", "static"})
     dataset = _dataset(table.sub("dataset"), base)
-    metric = table.get("metric", str, "token_agreement" if dataset.text else "top1_accuracy")
-    if metric not in METRICS:
-        raise table.error("metric", f"unknown metric {metric!r}{did_you_mean(metric, METRICS)}",
-                          hint=f"known metrics: {', '.join(METRICS)}")
-    if METRICS[metric].language_model != (dataset.text is not None):
-        kind = "a text dataset (language model)" if dataset.text else "an array dataset"
-        raise table.error("metric", f"metric {metric!r} does not fit {kind}",
-                          hint="language models: token_agreement or perplexity; others: "
-                          + ", ".join(m for m, v in METRICS.items() if not v.language_model))
+    metric, params = _metric(table, dataset)
+    layout = _layout(table, dataset)
     cands_raw = table.get("candidates", list)
     if not cands_raw:
         raise table.error("candidates", "at least one candidate is required")
     candidates = tuple(
-        _model_ref(_Table(c, table.file, f"{table.key('candidates')}[{i}]"), base, threads, candidate=True)
+        _model_ref(_Table(c, table.file, f"{table.key('candidates')}[{i}]"), base, threads, layout, candidate=True)
         for i, c in enumerate(cands_raw)
     )
     _unique([c.name for c in candidates], table, "candidates", "candidate name")
@@ -261,16 +256,90 @@ def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
                               f"candidate{did_you_mean(cand.fallback, names - {cand.name})}",
                               hint="name the model that serves when this one fails to load: 'baseline' or a "
                               "candidate's name")
-    if METRICS[metric].needs_labels and dataset.labels is None:
-        raise table.error("dataset.labels", f"metric {metric!r} needs labels",
-                          hint="name the labels key, or use metric = 'top1_agreement'")
     return ModelPlan(
         name=table.get("name", str),
         metric=metric,
         dataset=dataset,
-        baseline=_model_ref(table.sub("baseline"), base, threads, candidate=False),
+        baseline=_model_ref(table.sub("baseline"), base, threads, layout, candidate=False),
         candidates=candidates,
+        metric_params=params,
     )
+
+
+def _metric(table: _Table, dataset: Dataset) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``metric = "name"`` or ``metric = { name = "...", <params> }``; a name with ':' is the user's function."""
+    value = table.get("metric", (str, dict), "token_agreement" if dataset.text else "top1_accuracy")
+    spec = _Table({"name": value} if isinstance(value, str) else value, table.file, table.key("metric"))
+    name: str = spec.get("name", str)
+    params = {k: v for k, v in spec.data.items() if k != "name"}
+    try:
+        metric = metric_for(name, params)
+    except MetricError as exc:
+        if isinstance(value, str):
+            raise table.error("metric", exc.message, hint=exc.hint) from None
+        raise spec.error(exc.key or "name", exc.message, hint=exc.hint) from None
+    if metric.language_model != (dataset.text is not None):
+        kind = "a text dataset (language model)" if dataset.text else "an array dataset"
+        raise table.error("metric", f"metric {name!r} does not fit {kind}",
+                          hint="language models: token_agreement or perplexity; others: "
+                          + ", ".join(m for m, v in METRICS.items() if not v.language_model))
+    if metric.needs_labels and dataset.labels is None:
+        raise table.error("dataset.labels", f"metric {name!r} needs labels",
+                          hint="name the labels key, or a metric scored against the baseline (top1_agreement)")
+    return name, _freeze(params)
+
+
+def _layout(table: _Table, dataset: Dataset) -> Layout:
+    """``[models.inputs.NAME]``, ``[models.outputs]``, ``[models.stream]`` and ``static``."""
+    inputs = tuple(_tensor(_Table(v, table.file, table.key(f"inputs.{k}")), k, inputs=True)
+                   for k, v in table.get("inputs", dict, {}).items())
+    outputs_table = _Table(table.get("outputs", dict, {}), table.file, table.key("outputs"))
+    score = _str_list(outputs_table, "score")
+    outputs = tuple(_tensor(_Table(v, table.file, outputs_table.key(k)), k, inputs=False)
+                    for k, v in outputs_table.data.items() if k != "score")
+    carry: tuple[tuple[str, str], ...] = ()
+    if "stream" in table.data:
+        stream = table.sub("stream")
+        stream.check_keys({"carry"})
+        pairs = stream.get("carry", dict)
+        if not pairs or not all(isinstance(v, str) for v in pairs.values()):
+            raise stream.error("carry", "expected a table of output = \"input\" names, e.g. carry = { stateN = "
+                               "\"state\" }", hint="each output named is fed back as that input on the next call")
+        carry = tuple(sorted(pairs.items()))
+    dataset_keys = {name for name, _ in dataset.inputs}
+    for tensor in inputs:
+        where = table.key(f"inputs.{tensor.name}")
+        if tensor.value is not None and tensor.name in dataset_keys:
+            raise PlanError(table.file, where + ".value", f"input {tensor.name!r} has a value and is also read from "
+                            "the dataset (dataset.inputs)", hint="give the constant here or the array there, not both")
+    for output, fed in carry:
+        if fed in {t.name for t in inputs if t.value is not None}:
+            raise PlanError(table.file, table.key("stream.carry"), f"{output!r} is fed back as {fed!r}, which is a "
+                            "constant (inputs.{fed}.value)", hint="carry an output into a model input, not a constant")
+    return Layout(inputs=inputs, outputs=outputs, score=score, carry=carry,
+                  static=table.get("static", bool, False))
+
+
+def _tensor(table: _Table, name: str, *, inputs: bool) -> Tensor:
+    table.check_keys({"batch_axis", "value", "dtype"} if inputs else {"batch_axis"})
+    axis = table.get("batch_axis", (int, str), 0)
+    if isinstance(axis, str) and axis != "none":
+        raise table.error("batch_axis", f"expected an axis (0, 1, ...) or 'none', got {axis!r}")
+    if isinstance(axis, int) and axis < 0:
+        raise table.error("batch_axis", f"must be 0 or more (or 'none'), got {axis}")
+    dtype = table.get("dtype", str, None)
+    if dtype is not None:
+        import numpy as np
+
+        try:
+            kind = np.dtype(dtype).kind
+        except TypeError:
+            kind = ""
+        if kind not in "biuf" or not kind:
+            raise table.error("dtype", f"{dtype!r} is not a numeric numpy dtype",
+                              hint="e.g. 'float32', 'float16', 'int64', 'int32', 'uint8', 'bool'")
+    value = table.get("value", (int, float, bool, list), None)
+    return Tensor(name, None if axis == "none" or value is not None else axis, _freeze(value), dtype)
 
 
 def _existing_path(table: _Table, key: str, base: Path) -> Path:
@@ -281,10 +350,11 @@ def _existing_path(table: _Table, key: str, base: Path) -> Path:
     return path
 
 
-def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> ModelRef:
-    """One model; ``threads`` is the plan's ``measure.threads``, the default for a model that sets none."""
+def _model_ref(table: _Table, base: Path, threads: int, layout: Layout, *, candidate: bool) -> ModelRef:
+    """One model; ``threads`` is the plan's ``measure.threads``, the default for a model that sets none; ``layout``
+    its model's tensors (``static`` may be set per model)."""
     allowed = {"name", "path", "framework", "device", "platform", "providers", "threads", "options", "sha256",
-               "allowed_op_domains"}
+               "allowed_op_domains", "static"}
     table.check_keys(allowed | ({"policy", "recipe", "missing_device", "fallback", "device_fallback"}
                                 if candidate else set()))
     missing_device = table.get("missing_device", str, "skip")
@@ -318,6 +388,7 @@ def _model_ref(table: _Table, base: Path, threads: int, *, candidate: bool) -> M
         fallback=table.get("fallback", str, None),
         device_fallback=table.get("device_fallback", bool, True),
         allowed_op_domains=_str_list(table, "allowed_op_domains"),
+        layout=replace(layout, static=table.get("static", bool, layout.static)),
     )
     if ref.device_class not in DEVICES:
         raise table.error("device", f"unknown device {device!r}{did_you_mean(device, DEVICES)}",

@@ -54,6 +54,49 @@ class Stress:
 
 
 @dataclass(frozen=True)
+class Tensor:
+    """One model input or output as the plan describes it (``[models.inputs.NAME]``, ``[models.outputs.NAME]``).
+
+    ``batch_axis`` is the axis that holds the samples (None: the tensor is not batched, e.g. a scalar). An input
+    with a ``value`` is that constant on every call (never batched, never read from the dataset); ``dtype`` casts
+    the dataset's array (or the value) to that numpy dtype before any check."""
+
+    name: str
+    batch_axis: int | None = 0
+    value: Any = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model's tensors hold their samples, shared by a model's baseline and candidates.
+
+    ``inputs``/``outputs`` list only the tensors the plan describes (the others: batch on axis 0). ``score`` names
+    the outputs the metric scores (empty: the first output). ``carry`` makes a streaming model: each call's output
+    (key) is fed back as the next call's input (value), and the dataset's streamed inputs carry one more axis, the
+    chunks, right after their batch axis. ``static``: compile for the served (speed) shape."""
+
+    inputs: tuple[Tensor, ...] = ()
+    outputs: tuple[Tensor, ...] = ()
+    score: tuple[str, ...] = ()
+    carry: tuple[tuple[str, str], ...] = ()
+    static: bool = False
+
+    def input(self, name: str) -> Tensor:
+        return next((t for t in self.inputs if t.name == name), Tensor(name))
+
+    def output(self, name: str) -> Tensor:
+        return next((t for t in self.outputs if t.name == name), Tensor(name))
+
+    def constants(self) -> dict[str, Tensor]:
+        return {t.name: t for t in self.inputs if t.value is not None}
+
+    @property
+    def carried_inputs(self) -> tuple[str, ...]:
+        return tuple(i for _, i in self.carry)
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """One model file to run: a baseline or a candidate."""
 
@@ -72,6 +115,7 @@ class ModelRef:
     fallback: str | None = None  # the model that serves when this one fails to load: 'baseline' or a candidate
     device_fallback: bool = True  # may the runtime fall back to another device than the one asked for?
     allowed_op_domains: tuple[str, ...] = ()  # custom-operator domains the plan trusts (security gate)
+    layout: Layout = field(default_factory=Layout)  # the model's tensors (the same for baseline and candidates)
 
     @property
     def file(self) -> Path:
@@ -115,10 +159,15 @@ class Dataset:
 @dataclass(frozen=True)
 class ModelPlan:
     name: str
-    metric: str
+    metric: str  # a built-in or task metric's name, or a user's 'module:function'
     dataset: Dataset
     baseline: ModelRef
     candidates: tuple[ModelRef, ...]
+    metric_params: tuple[tuple[str, Any], ...] = ()  # metric = { name = ..., threshold = ... }: the rest
+
+    @property
+    def layout(self) -> Layout:
+        return self.baseline.layout
 
 
 @dataclass(frozen=True)

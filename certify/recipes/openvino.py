@@ -250,7 +250,12 @@ class Validation:
         self.feeds = ov_feeds(model, calibration.samples(VALIDATION_CAP))
         self.size = len(self.feeds)
         self.labels = labels[: self.size] if labels is not None else None
+        if metric not in METRICS or METRICS[metric].per_sample is None:
+            raise RecipeError(f"accuracy-aware quantization scores samples one by one: metric {metric!r} is not a "
+                              "built-in per-sample metric", hint="use the plain quantize method, or a metric such "
+                              f"as {', '.join(m for m, v in METRICS.items() if not v.language_model)}")
         self.metric, self.relative = METRICS[metric], relative
+        self.scores: Any = self.metric.per_sample
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # as NNCF compiles
         self.baseline = self.outputs(compiled, range(self.size))
 
@@ -267,10 +272,10 @@ class Validation:
         indices = np.asarray(list(items), dtype=np.int64)
         labels = self.labels[indices] if self.labels is not None else None
         base = self.baseline[indices]
-        scores = self.metric.per_sample(self.outputs(compiled, indices), labels, base)
+        scores = self.scores(self.outputs(compiled, indices), labels, base)
         sign = 1.0 if self.metric.higher_is_better else -1.0
         if self.relative:
-            base_value = self.metric.reduce(self.metric.per_sample(base, labels, base))
+            base_value = self.metric.reduce(self.scores(base, labels, base))
             score = float(retention(self.metric, base_value, self.metric.reduce(scores)))
         else:
             score = sign * float(self.metric.reduce(scores))

@@ -202,7 +202,7 @@ def test_worker_runs_the_model_in_isolation(models: dict[str, Path], kind: str) 
         assert answer["inputs"] == [{"name": "tokens", "shape": ("batch", "sequence"), "dtype": "int32"}]
         assert worker.call("tokenize", text=TEXT) == tinyllama.encode(TEXT).tolist()
         assert worker.call("feeds", key="k", arrays={"": tokens.astype(np.int64)}) == {"tokens": [3, 64]}
-        logits = worker.call("predict", key="k", batch_size=2)
+        logits = worker.call("predict", key="k", batch_size=2)["scored"]
         decode_times = worker.call("run", key="k", iterations=20, mode="decode")
         prompt_times = worker.call("run", key="k", iterations=3)
         memory = worker.call("memory")

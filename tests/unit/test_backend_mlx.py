@@ -183,7 +183,7 @@ def test_through_the_worker(mlp: tuple[Path, Any], lm: tuple[Path, Any]) -> None
         assert answer["executed_device"] == "cpu" and answer["info"]["framework"] == "mlx"
         worker.call("feeds", key="k", arrays={"": x.astype(np.float64)})
         assert worker.call("run", key="k", iterations=5).shape == (5,)
-        out = worker.call("predict", key="k", batch_size=3)
+        out = worker.call("predict", key="k", batch_size=3)["scored"]
         with pytest.raises(ModelError, match=r"input 'x': dataset shape \(2, 7\)"):
             worker.call("feeds", key="bad", arrays={"": np.zeros((2, 7), np.float32)})
     np.testing.assert_allclose(out, np.array(mlp[1](mx.array(x))), rtol=1e-5, atol=1e-6)
@@ -194,4 +194,4 @@ def test_through_the_worker(mlp: tuple[Path, Any], lm: tuple[Path, Any]) -> None
         worker.call("feeds", key="t", arrays={"": np.array([tokens], np.int32)})
         assert worker.call("run", key="t", iterations=6, mode="decode").shape == (6,)
         assert worker.call("run", key="t", iterations=3, mode="prompt").shape == (3,)
-        assert worker.call("predict", key="t", batch_size=1).shape == (1, 4, 256)
+        assert worker.call("predict", key="t", batch_size=1)["scored"].shape == (1, 4, 256)

@@ -232,4 +232,4 @@ def test_through_the_worker(lm: tuple[Path, Any], tokens: np.ndarray) -> None:
         worker.call("feeds", key="t", arrays={"": tokens[:2, :16]})
         assert worker.call("run", key="t", iterations=6, mode="decode").shape == (6,)
         assert worker.call("run", key="t", iterations=3, mode="prompt").shape == (3,)
-        assert worker.call("predict", key="t", batch_size=1).shape == (2, 16, 256)
+        assert worker.call("predict", key="t", batch_size=1)["scored"].shape == (2, 16, 256)

@@ -123,7 +123,7 @@ def test_worker_runs_an_fp16_ir_and_records_where_and_how(models: dict[str, Path
         answer = worker.call("load", ref=model)
         worker.call("feeds", key="k", arrays={"": x.astype(np.float64)})  # float64 is cast, documented
         times = worker.call("run", key="k", iterations=20)
-        out = worker.call("predict", key="k", batch_size=2)  # batches 2, 2, 1: the dynamic batch at work
+        out = worker.call("predict", key="k", batch_size=2)["scored"]  # batches 2, 2, 1: the dynamic batch at work
         mem = worker.call("memory")
     info = answer["info"]
     assert answer["executed_device"] == "CPU" and info["execution_devices"] == ["CPU"]

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from certify.backends.base import TensorSpec
 from certify.errors import ModelError
 from certify.gates import robustness as rb
 from certify.measure import probes
+from certify.plan import Layout
 
 PROBES = {p.name: p for p in (*rb.ARRAY_PROBES, *rb.LANGUAGE_MODEL_PROBES)}
 
@@ -23,6 +25,9 @@ class Linear:
     def __init__(self, strict: bool = False) -> None:
         self.w = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
         self.strict = strict
+
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec("x", ("batch", 16), "float32")]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         x = feeds["x"]
@@ -42,13 +47,16 @@ class BatchScaled(Linear):
 
 
 class Echo:
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec("x", ("n",), "int64")]
+
     def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(feeds["x"])]
 
 
 def worker_for(backend: Any) -> Any:
     x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
-    return SimpleNamespace(backend=backend, feeds={"valid": {"x": x}})
+    return SimpleNamespace(backend=backend, feeds={"valid": {"x": x}}, layout=Layout(), output_names=lambda: [])
 
 
 def run(worker: Any, name: str, rows: int = 64) -> tuple[str, str]:
@@ -137,7 +145,8 @@ def test_a_batch_coupled_runtime_lets_one_inf_spoil_the_other_rows() -> None:
 
 
 def test_a_probe_that_does_not_fit_the_model_is_not_applicable() -> None:
-    worker = SimpleNamespace(backend=Echo(), feeds={"valid": {"x": np.arange(8, dtype=np.int64)}})
+    worker = SimpleNamespace(backend=Echo(), feeds={"valid": {"x": np.arange(8, dtype=np.int64)}}, layout=Layout(),
+                             output_names=lambda: [])
     assert rb.classify(PROBES["NaN input"], probes.probe(worker, "NaN input", "valid", {}))[0] == rb.NOT_APPLICABLE
     assert probes.probe(worker, "over-long prompt", "valid", {"n_ctx": None}) == {
         "skip": "the backend reports no context length (info()['n_ctx'])"}

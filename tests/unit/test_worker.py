@@ -37,7 +37,7 @@ def test_worker_loads_runs_and_reports_where_it_ran(model: Path) -> None:
         worker.call("feeds", key="k", arrays={"": x.astype(np.float64)})  # float64 is cast, documented
         times = worker.call("run", key="k", iterations=25)
         assert times.shape == (25,) and (times > 0).all()
-        out = worker.call("predict", key="k", batch_size=2)
+        out = worker.call("predict", key="k", batch_size=2)["scored"]
         mem = worker.call("memory")
     import onnxruntime as ort
 
