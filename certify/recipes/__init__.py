@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from certify.errors import CertifyError, did_you_mean
 from certify.frameworks import install_hint
@@ -64,6 +64,7 @@ class RecipeKind:
 
 
 ORT_TYPES = ("QInt8", "QUInt8")
+ORT_SELECTION = {"op_types_to_quantize": list[str], "nodes_to_exclude": list[str]}  # what ORT quantizes, or not
 NNCF_MODES = ("INT8_ASYM", "INT8_SYM", "INT4_SYM", "INT4_ASYM")
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L",
               "Q3_K_M", "Q3_K_S", "Q2_K", "F16", "BF16")
@@ -72,13 +73,14 @@ OLIVE = "install a CPU torch first, then pip install 'edge-certify[olive]' (bash
 RECIPES: dict[tuple[str, str], RecipeKind] = {
     ("onnxruntime", "quantize_dynamic"): RecipeKind(
         "certify.recipes.ort:quantize_dynamic", "quantization",
-        {"weight_type": ORT_TYPES, "per_channel": bool, "reduce_range": bool},
+        {"weight_type": ORT_TYPES, "per_channel": bool, "reduce_range": bool, "preprocess": bool, "subgraphs": bool,
+         **ORT_SELECTION},
         "onnxruntime.quantization", ORT, distributions=("onnxruntime", "onnx")),
     ("onnxruntime", "quantize_static"): RecipeKind(
         "certify.recipes.ort:quantize_static", "quantization",
         {"format": ("QDQ", "QOperator"), "activation_type": ORT_TYPES, "weight_type": ORT_TYPES,
          "per_channel": bool, "calibrate_method": ("MinMax", "Entropy", "Percentile"), "samples": int,
-         "preprocess": bool},
+         "preprocess": bool, **ORT_SELECTION},
         "onnxruntime.quantization", ORT, calibrated=True, distributions=("onnxruntime", "onnx")),
     ("openvino", "convert"): RecipeKind(
         "certify.recipes.openvino:convert", "conversion", {"compress_to_fp16": bool},
@@ -144,11 +146,17 @@ def check_params(tool: str, method: str, params: dict[str, Any]) -> list[tuple[s
         elif isinstance(allowed[key], tuple) and value not in allowed[key]:
             problems.append((key, f"{value!r} is not one of {', '.join(allowed[key])}"))
         elif not isinstance(allowed[key], tuple) and not _is(value, allowed[key]):
-            problems.append((key, f"expected {allowed[key].__name__}, got {value!r}"))
+            problems.append((key, f"expected {_type_name(allowed[key])}, got {value!r}"))
     return problems
 
 
-def _is(value: Any, typ: type) -> bool:
+def _type_name(typ: Any) -> str:
+    return str(typ) if get_origin(typ) is not None else str(typ.__name__)
+
+
+def _is(value: Any, typ: Any) -> bool:
+    if get_origin(typ) is list:  # list[str]: a list of such items
+        return isinstance(value, list) and all(isinstance(v, get_args(typ)[0]) for v in value)
     if typ is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if typ is int:
