@@ -29,7 +29,7 @@ Measured here (AMD EPYC, AVX2 only, so FP32 runs in FP32; 1 thread; a shared 2-c
 28-40 ms): NudeNet static, harness / benchmark_app -shape = 0.991 pooled median, 1.005 throughput, 1.014 median of
 the per-round ratios; the built conv net 1.012. What the static shape gains here is smaller than the issue's 1.27x:
 dynamic / static 1.05x on NudeNet, 1.08-1.10x on the conv net, in both tools alike (the gain depends on the CPU's
-kernels: the issue's host may run BF16/AMX kernels, which have no dynamic-shape fast path).
+kernels; not verified on a BF16/AMX host like the issue's).
 
 Writes ``reports/benchmarks/static_shapes.json``.
 """
