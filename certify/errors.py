@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -47,3 +48,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_CPP_LOCATION = re.compile(r"(Exception from|Check '.*' failed at) \S+:\d+:?")
+
+
+def first_line(text: str) -> str:
+    """The first line of an error message that says something: C++ source locations (OpenVINO's 'Exception from
+    src/...cpp:75:') and empty lines are skipped."""
+    for line in text.splitlines():
+        line = _CPP_LOCATION.sub("", line).strip()
+        if line and line not in ("Summary:", "Error:"):
+            return line
+    return ""

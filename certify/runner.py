@@ -84,7 +84,28 @@ class CertificationRun:
         built = self.built(case)
         if isinstance(built, RecipeError):
             return verdict.errored(case.gate, built.message, hint=built.hint)
-        return built
+        return self.served(built)
+
+    def served(self, case: Case) -> Case:
+        """The case with each model the plan marks ``static = true`` given ``options.static_shapes``: the shapes of
+        the served request (``dataset.speed_batch_size`` samples, constants as given), compiled in by the backend.
+        A carried state keeps its declared shape (its batch is the request's by construction)."""
+        if not (case.candidate.layout.static or case.model.baseline.layout.static):
+            return case
+        model = case.model
+        feeds = dataset.speed_batch(self.data(model)[0], model.dataset.speed_batch_size, model.layout)
+        shapes = {name: tuple(int(d) for d in a.shape) for name, a in feeds.items()
+                  if name not in model.layout.carried_inputs}
+        shapes.update({name: tuple(np.shape(t.value)) for name, t in model.layout.constants().items()})
+        frozen = tuple(sorted((k, v) for k, v in shapes.items() if v))
+
+        def fixed(ref: ModelRef) -> ModelRef:
+            if not ref.layout.static or ref.option("static_shapes"):
+                return ref
+            return replace(ref, options=tuple(sorted({**dict(ref.options), "static_shapes": frozen}.items())))
+
+        return replace(case, candidate=fixed(case.candidate),
+                       model=replace(model, baseline=fixed(model.baseline)))
 
     def record(self, case: Case, result: GateResult, nodeid: str = "", measurement: dict[str, Any] | None = None,
                started: float | None = None, finished: float | None = None, serialized: bool = False,

@@ -15,6 +15,7 @@ import numpy as np
 
 from certify.errors import ModelError
 from certify.measure import batching
+from certify.measure.batching import contiguous
 from certify.plan.types import Layout, ModelRef
 
 
@@ -187,7 +188,7 @@ def _check_array(spec: TensorSpec, array: np.ndarray, layout: Layout) -> np.ndar
             + (f" (batch on axis {axis})" if axis else ""),
             hint=_shape_hint(spec, shape, axis),
         )
-    return np.ascontiguousarray(array)
+    return contiguous(array)
 
 
 def _shape_hint(spec: TensorSpec, shape: list[int], axis: int | None) -> str:

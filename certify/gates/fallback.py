@@ -30,11 +30,10 @@ import numpy as np
 from certify import verdict
 from certify.backends import resolve_backend
 from certify.digests import model_files
-from certify.errors import CertifyError, WorkerCrashed
+from certify.errors import CertifyError, WorkerCrashed, first_line
 from certify.hardware import DEVICES
 from certify.measure import accuracy, batching
 from certify.measure.client import WorkerClient
-from certify.measure.probes import first_line
 from certify.plan import ModelRef
 from certify.policy import Policy
 from certify.recipes.build import materialize
@@ -304,7 +303,7 @@ def in_process_fault(worker: WorkerClient, batch: int, before: np.ndarray) -> di
         return {"raised": first_line(exc.message), "next_request_ok": False, "note": "the exception killed the worker"}
     except CertifyError as exc:
         raised = first_line(exc.message)
-    again = np.asarray(worker.call("predict", key="fallback", batch_size=batch))
+    again = np.asarray(worker.call("predict", key="fallback", batch_size=batch)["scored"])
     ok, diff = agreement(again, before, SAME_TOLERANCE)
     return {"raised": raised, "next_request_ok": ok and bool(raised), "max_abs_difference": diff}
 

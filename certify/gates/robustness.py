@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from certify.errors import CertifyError, WorkerCrashed
+from certify.errors import CertifyError, WorkerCrashed, first_line
 from certify.measure import batching
 from certify.measure.client import WorkerClient
 from certify.measure.probes import (
@@ -39,7 +39,6 @@ from certify.measure.probes import (
     REJECT,
     TOKENIZE,
     Probe,
-    first_line,
     same,
 )
 from certify.plan import Layout, ModelRef

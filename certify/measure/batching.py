@@ -66,7 +66,7 @@ def samples(layout: Layout, arrays: Mapping[str, np.ndarray]) -> int:
 
 def select(layout: Layout, arrays: Mapping[str, np.ndarray], index: slice | np.ndarray) -> dict[str, np.ndarray]:
     """Samples ``index`` of every batched input; constants and unbatched inputs as they are."""
-    return {name: np.ascontiguousarray(rows(a, input_axis(layout, name), index)) for name, a in arrays.items()}
+    return {name: contiguous(rows(a, input_axis(layout, name), index)) for name, a in arrays.items()}
 
 
 def streamed(layout: Layout, name: str) -> bool:
@@ -77,7 +77,7 @@ def streamed(layout: Layout, name: str) -> bool:
 
 def chunk(layout: Layout, arrays: Mapping[str, np.ndarray], c: int) -> dict[str, np.ndarray]:
     """Chunk ``c`` of every streamed input (its chunk axis removed); the other inputs as they are."""
-    return {name: np.ascontiguousarray(np.take(a, c, axis=int(input_axis(layout, name) or 0) + 1))
+    return {name: contiguous(np.take(a, c, axis=int(input_axis(layout, name) or 0) + 1))
             if streamed(layout, name) else a for name, a in arrays.items()}
 
 
@@ -147,3 +147,8 @@ def fixed_batch(layout: Layout, specs: Sequence[Any]) -> int | None:
         raise ModelError(f"the model's inputs fix different batch sizes {sorted(sizes)} on their batch axes",
                          hint="declare each input's batch axis: [models.inputs.NAME] batch_axis = ... (or 'none')")
     return sizes.pop() if sizes else None
+
+
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order, keeping its rank (``np.ascontiguousarray`` turns a 0-d scalar into shape (1,))."""
+    return array if array.flags.c_contiguous else np.array(array, order="C")

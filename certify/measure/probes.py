@@ -11,7 +11,6 @@ restarts a worker a probe killed and gives the verdict, is ``certify.gates.robus
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from certify.errors import CertifyError
+from certify.errors import CertifyError, first_line
 from certify.measure import batching
 
 # what a right answer is, when the runtime answers instead of raising
@@ -42,7 +41,6 @@ TEXT_WORDS = ("utf", "unicode", "encode", "decode", "surrogate", "codec", "byte"
 
 RTOL, ATOL = 1e-4, 1e-5
 INVALID_UTF8 = b"caf\xc3\xa9 \xff\xfe then a cut sequence \xe2\x82".decode("utf-8", "surrogateescape")
-_CPP_LOCATION = re.compile(r"(Exception from|Check '.*' failed at) \S+:\d+:?")
 
 
 @dataclass(frozen=True)
@@ -65,16 +63,6 @@ LANGUAGE_MODEL_PROBES = (
     Probe("empty prompt", EMPTY, EMPTY_WORDS), Probe("token id past the vocabulary", REJECT, VOCAB_WORDS),
     Probe("negative token id", REJECT, VOCAB_WORDS), Probe("invalid UTF-8 text", TOKENIZE, TEXT_WORDS),
 )
-
-
-def first_line(text: str) -> str:
-    """The first line of an error message that says something: C++ source locations (OpenVINO's 'Exception from
-    src/...cpp:75:') and empty lines are skipped."""
-    for line in text.splitlines():
-        line = _CPP_LOCATION.sub("", line).strip()
-        if line and line not in ("Summary:", "Error:"):
-            return line
-    return ""
 
 
 def same(outputs: list[np.ndarray], reference: list[np.ndarray]) -> bool:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from certify.errors import CertifyError, ModelError
+from certify.errors import CertifyError, ModelError, first_line
 from certify.measure import batching, memory
 from certify.plan.types import Layout
 
@@ -270,8 +270,7 @@ def _answer(worker: Worker, request: tuple[str, dict[str, Any]]) -> tuple[Any, .
                 "raise measure.memory_limit_mib if the model legitimately needs more, else fix the leak or "
                 "use a smaller batch")
     except Exception as exc:  # report the cause in one line, the session goes on
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return ("error", "ModelError", f"{name} failed: {type(exc).__name__}: {first}", "")
+        return ("error", "ModelError", f"{name} failed: {type(exc).__name__}: {first_line(str(exc))}", "")
 
 
 def main() -> None:

@@ -256,14 +256,29 @@ def _model(table: _Table, base: Path, threads: int) -> ModelPlan:
                               f"candidate{did_you_mean(cand.fallback, names - {cand.name})}",
                               hint="name the model that serves when this one fails to load: 'baseline' or a "
                               "candidate's name")
+    baseline = _model_ref(table.sub("baseline"), base, threads, layout, candidate=False)
+    _check_static(table, dataset, (baseline, *candidates))
     return ModelPlan(
         name=table.get("name", str),
         metric=metric,
         dataset=dataset,
-        baseline=_model_ref(table.sub("baseline"), base, threads, layout, candidate=False),
+        baseline=baseline,
         candidates=candidates,
         metric_params=params,
     )
+
+
+def _check_static(table: _Table, dataset: Dataset, refs: tuple[ModelRef, ...]) -> None:
+    """``static = true`` compiles the served shape of named inputs: an array model whose dataset names its inputs."""
+    static = [r.name for r in refs if r.layout.static]
+    if not static:
+        return
+    if dataset.text is not None:
+        raise table.error("static", f"static = true ({', '.join(static)}) is for array models; a language model's "
+                          "shapes are its context", hint="remove static for this model")
+    if any(name == "" for name, _ in dataset.inputs):
+        raise table.error("dataset.inputs", "static = true needs the model's input names: the dataset maps its "
+                          "array to 'the only input'", hint="write dataset.inputs = { <input name> = '<npz key>' }")
 
 
 def _metric(table: _Table, dataset: Dataset) -> tuple[str, tuple[tuple[str, Any], ...]]:
