@@ -69,6 +69,9 @@ class CertificationRun:
                 started = time.time()  # the measurement window is the time the lock is held
                 result = self._measure(ctx, evaluate or self.gates[case.gate].evaluator())
                 finished = time.time()
+            precision = precision_in_force(measurement)
+            if precision:
+                result = replace(result, details={**result.details, "precision": precision})
         return result, self.record(case, result, nodeid, measurement, started, finished, exclusive, lock_wait)
 
     def prepared(self, case: Case) -> Case | GateResult:
@@ -212,3 +215,19 @@ class CertificationRun:
         defaults = self.gates[case.gate].defaults if case.gate in self.gates else {}
         return GateContext(case, self.plan, self.plan.policy_for(case.candidate), self.store, self.hint(case), self,
                            defaults=defaults)
+
+
+def precision_in_force(measurement: Any, path: str = "") -> str:
+    """The numeric precision the candidate really ran in, as its backend's ``info()['precision']`` reports it
+    (e.g. an FP32 OpenVINO IR that the CPU plugin runs in bf16), found wherever a gate kept the candidate's load
+    answer in its measurement; '' when no gate loaded it (security) or the backend does not say."""
+    if not isinstance(measurement, dict) or "baseline" in path:
+        return ""
+    info = measurement.get("info")
+    if isinstance(info, dict) and isinstance(info.get("precision"), str):
+        return str(info["precision"])
+    for key, value in measurement.items():
+        found = precision_in_force(value, f"{path}.{key}")
+        if found:
+            return found
+    return ""

@@ -27,7 +27,7 @@ from certify.digests import file_sha256, model_digest
 from certify.errors import CertifyError
 from certify.plan import ModelRef, Plan
 from certify.records import EvidenceRecord
-from certify.report.results import candidate_verdicts, not_evaluated_groups
+from certify.report.results import candidate_verdicts, not_evaluated_groups, precisions
 from certify.verdict import NOT_EVALUATED
 
 GATE_FIELDS = ("verdict", "value", "interval", "threshold", "comparison", "unit", "reason")
@@ -108,7 +108,7 @@ def _candidates(results: dict[str, Any], records: list[EvidenceRecord]) -> list[
                                                           "sha256", "files", "made_by")},
                  "model": case.split("/", 1)[0], "executed_devices": _executed(case, records),
                  "policy": policies.get(case) or results["plan"]["policy"], "gates": gates[case],
-                 "verdict": verdicts[case]}
+                 "precision": precisions(results["cases"]).get(case), "verdict": verdicts[case]}
         if not ref.get("sha256"):
             entry.update(verdict="not_certified", reason=f"the model file could not be digested: "
                          f"{ref.get('digest_error', 'not in the plan')}")

@@ -22,7 +22,7 @@ from certify.gates.registry import BUILTIN_REGISTRY
 from certify.records import EvidenceRecord
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
-from certify.report.results import not_evaluated_groups
+from certify.report.results import not_evaluated_groups, precisions
 from certify.report.tables import gate_order, value_text
 from certify.verdict import ERROR, FAIL, NOT_EVALUATED, PASS, label
 
@@ -170,7 +170,8 @@ def matrix_rows(candidates: list[dict[str, Any]], gates: list[str]) -> list[dict
     for cand in candidates:
         cells = {c["gate"]: c for c in cand["gates"]}
         rows.append({"case": cand["case"], "anchor": cand["anchor"], "status": cand["status"],
-                     "label": cand["label"], "cells": [cells.get(g) for g in gates]})
+                     "label": cand["label"], "cells": [cells.get(g) for g in gates],
+                     "precision": cand.get("precision", "")})
     return rows
 
 
@@ -188,7 +189,7 @@ def candidate_view(index: int, case: str, entries: list[Entry], latest: Latest,
         "case": case, "anchor": f"candidate-{index + 1}", "model": first.get("model", ""),
         "candidate": first.get("candidate", case), "framework": first.get("framework", ""),
         "device": first.get("device", ""), "markers": ", ".join(first.get("markers") or []),
-        "status": status, "label": label(status),
+        "status": status, "label": label(status), "precision": precisions(entries).get(case, ""),
         "gates": cells, "gate_rows": merge_same_reason(cells),
         "accuracy": accuracy_view(results_by_gate.get("accuracy"), thresholds),
         "speed": speed_view(case, results_by_gate.get("speed"), latest, thresholds),

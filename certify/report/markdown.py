@@ -11,8 +11,8 @@ VERDICT_TEXT = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "inc
 
 def _matrix(candidates: list[dict[str, Any]]) -> list[str]:
     gates = gate_order(g for c in candidates for g in c["gates"])
-    rows = [["candidate", "framework", "ran on", *gates, "verdict"]]
-    rows += [[c["case"], c.get("framework") or "-", ", ".join(c["executed_devices"]) or "-",
+    rows = [["candidate", "framework", "ran on", "runs in", *gates, "verdict"]]
+    rows += [[c["case"], c.get("framework") or "-", ", ".join(c["executed_devices"]) or "-", c.get("precision") or "-",
               *(cell_text(c["gates"][g]) if g in c["gates"] else "-" for g in gates),
               f"**{VERDICT_TEXT[c['verdict']]}**"] for c in candidates]
     return markdown_table(rows)

@@ -57,12 +57,23 @@ def not_evaluated_groups(entries: list[dict[str, Any]]) -> dict[tuple[str, str],
     return dict(groups)
 
 
+def precisions(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """Per candidate, the numeric precision in force as its backend reported it (any gate that loaded it)."""
+    found: dict[str, str] = {}
+    for e in entries:
+        precision = (e["result"].get("details") or {}).get("precision")
+        if precision:
+            found.setdefault(e["case"], str(precision))
+    return found
+
+
 def matrix_lines(entries: list[dict[str, Any]], gates: Sequence[str]) -> list[str]:
-    """A fixed-width candidate x gate table; cells show verdict, value and the decisive bound."""
+    """A fixed-width candidate x gate table; cells show verdict, value and the decisive bound; the candidate's
+    precision in force (as its runtime reported it) follows its name."""
     cases = sorted({e["case"] for e in entries})
     present = [g for g in gates if any(e["gate"] == g for e in entries)]
     cell = {(e["case"], e["gate"]): cell_text(e["result"]) for e in entries}
-    rows = [["candidate", *present, "verdict"]]
-    verdicts = candidate_verdicts(entries)
-    rows += [[c, *(cell.get((c, g), "-") for g in present), label(verdicts[c])] for c in cases]
+    rows = [["candidate", "runs in", *present, "verdict"]]
+    verdicts, runs_in = candidate_verdicts(entries), precisions(entries)
+    rows += [[c, runs_in.get(c, "-"), *(cell.get((c, g), "-") for g in present), label(verdicts[c])] for c in cases]
     return text_table(rows)
