@@ -98,6 +98,7 @@ class AccuracyFigures(TypedDict, total=False):
     fidelity: dict[str, Any]  # language models: KL divergence, agreement, perplexity
     candidate_where: str
     identical_outputs: bool  # the candidate's scored outputs equal the baseline's bit for bit
+    same_file_as_baseline: bool  # the candidate's model file has the baseline's digest
 
 
 class CaseFields(TypedDict):

@@ -8,10 +8,12 @@ from dataclasses import replace
 from typing import Any
 
 from certify.cases import safe_name
+from certify.digests import model_digest
 from certify.errors import CertifyError
 from certify.gates.context import GateContext
 from certify.measure import accuracy
 from certify.metrics import metric_for, refusal
+from certify.plan import ModelRef
 from certify.policy import Policy
 from certify.records import AccuracyFigures
 from certify.verdict import FAIL, GateResult, decide
@@ -33,20 +35,31 @@ def evaluate(ctx: GateContext) -> GateResult:
         raise CertifyError(f"its output shape {cand_out.shape} differs from the baseline's {base_out.shape}",
                            hint="the candidate must compute the same outputs as its baseline")
     result = accuracy.evaluate(metric, base_out, cand_out, labels, measure, ctx.policy.confidence)
+    if same_file(case.candidate, case.model.baseline):
+        result["same_file_as_baseline"] = True
     ctx.measurement.update(result, candidate_where=where)
     return accuracy_gate(result, ctx.policy, ctx.hint, made_by_recipe=case.candidate.recipe is not None)
 
 
+def same_file(candidate: ModelRef, baseline: ModelRef) -> bool:
+    """Is the candidate's model the baseline's, byte for byte (the same digest)?"""
+    try:
+        return model_digest(candidate.file).sha256 == model_digest(baseline.file).sha256
+    except (CertifyError, OSError):
+        return False
+
+
 def accuracy_gate(acc: AccuracyFigures, policy: Policy, hint: str, *, made_by_recipe: bool = False) -> GateResult:
     details: dict[str, Any] = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples",
-                                   "identical_outputs") if k in acc}
+                                                   "identical_outputs", "same_file_as_baseline") if k in acc}
     label = f"{acc['metric']} retention ({acc['candidate']:.4g} vs baseline {acc['baseline']:.4g})"
     interval = (acc["interval"][0], acc["interval"][1])
     result = decide("accuracy", label, acc["retention"], interval, policy.min_accuracy_retention,
                     policy=policy, unit="%", hint=hint, details=details)
-    if not acc.get("identical_outputs"):
+    if not acc.get("identical_outputs") and not acc.get("same_file_as_baseline"):
         return result
-    same = f"its outputs are bit-identical to the baseline's on all {acc['samples']} samples"
+    same = ("its model file is the baseline's (the same sha256)" if acc.get("same_file_as_baseline")
+            else f"its outputs are bit-identical to the baseline's on all {acc['samples']} samples")
     if made_by_recipe:  # an optimization that computes exactly what the baseline does changed nothing
         return replace(result, verdict=FAIL, reason=f"the recipe changed nothing: {same} ({result.reason})",
                        hint="check the recipe's log: a quantizer that skipped every node (e.g. inside If "

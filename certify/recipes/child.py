@@ -79,7 +79,17 @@ def build(context: BuildContext) -> dict[str, Any]:
         "versions": versions(context.recipe), "seconds": round(time.time() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sha256": model_digest(artifact).sha256,
+        "facts": _facts(context, artifact),
     }
+
+
+def _facts(context: BuildContext, artifact: Path) -> dict[str, Any]:
+    """What the tool says it did, where it records that (ONNX Runtime: how many nodes it quantized)."""
+    if context.recipe.tool != "onnxruntime":
+        return {}
+    from certify.recipes.ort import quantization_facts
+
+    return quantization_facts(artifact)
 
 
 def main() -> int:

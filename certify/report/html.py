@@ -393,8 +393,10 @@ def stages_view(entries: list[Entry], results: dict[str, Any],
         versions = (made.get(case) or {}).get("versions") or {}
         size = (measured(latest, case, "memory").get("candidate") or {}).get(
             "file_bytes")
+        summary = ((made.get(case) or {}).get("facts") or {}).get("summary")
         rows.append({"case": case, "stage": str(recipe.get("stage", "")),
-                     "made": f"{recipe.get('tool')} {recipe.get('method')} from {recipe.get('from')}",
+                     "made": f"{recipe.get('tool')} {recipe.get('method')} from {recipe.get('from')}"
+                             + (f": {summary}" if summary else ""),
                      "params": _recipe_text(recipe.get("params") or {}),
                      "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
                      **{g: _gate_figure(results_by.get((case, g))) for g in STAGE_GATES},

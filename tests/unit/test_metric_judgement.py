@@ -95,3 +95,10 @@ def test_user_metric_mistakes_are_one_clear_line() -> None:
     with pytest.raises(CertifyError) as raised:
         missing.value(np.zeros((4, 2)), None, np.zeros((4, 2)))
     assert "cannot be imported" in raised.value.message
+
+
+def test_the_baseline_s_own_file_as_a_candidate_is_said() -> None:
+    base = RNG.standard_normal((40, 10)).astype(np.float32)
+    same = {**figures(base, base + np.float32(1e-3)), "same_file_as_baseline": True}
+    given = accuracy_gate(same, POLICIES["edge-default"], "")  # type: ignore[arg-type]
+    assert given.verdict == verdict.PASS and "its model file is the baseline's (the same sha256)" in given.reason
