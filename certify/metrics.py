@@ -184,12 +184,16 @@ def _user_metric(target: str, params: Mapping[str, Any]) -> Metric:
                   needs_labels=bool(params.get("needs_labels", False)), describe=f"user metric {target}")
 
 
-def refusal(metric: Metric, baseline: np.ndarray, labels: np.ndarray | None) -> tuple[str, str]:
-    """Why ``metric`` cannot discriminate on the baseline's outputs (and what to use), or ('', '')."""
+def refusal(metric: Metric, baseline: np.ndarray, labels: np.ndarray | None, *, chunked: bool = False
+            ) -> tuple[str, str]:
+    """Why ``metric`` cannot discriminate on the baseline's outputs (and what to use), or ('', ''). ``chunked``:
+    a streaming model's outputs, ``[sequences, chunks, ...]``: a class vector is what one chunk step outputs."""
     if metric.language_model or len(baseline) == 0:
         return "", ""
     per_sample = baseline.reshape(len(baseline), -1)
-    squeezed = [d for d in baseline.shape[1:] if d != 1]
+    if chunked and baseline.ndim > 1 and metric.argmax:  # judge what one call outputs, not the chunk sequence
+        per_sample = baseline.reshape(baseline.shape[0] * baseline.shape[1], -1)
+    squeezed = [d for d in baseline.shape[2 if chunked else 1:] if d != 1]
     if metric.argmax and per_sample.shape[1] == 1:
         return (f"{metric.name} takes the argmax of one value per sample, which is always the same: it scores "
                 "100% whatever the candidate does",

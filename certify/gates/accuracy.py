@@ -16,7 +16,7 @@ from certify.metrics import metric_for, refusal
 from certify.plan import ModelRef
 from certify.policy import Policy
 from certify.records import AccuracyFigures
-from certify.verdict import FAIL, GateResult, decide
+from certify.verdict import FAIL, GateResult, decide, errored
 
 
 def evaluate(ctx: GateContext) -> GateResult:
@@ -27,9 +27,9 @@ def evaluate(ctx: GateContext) -> GateResult:
     base_out = ctx.store.cached_array(
         safe_name(case.model.name) + "-baseline-outputs",
         lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure)[0])
-    reason, use = refusal(metric, base_out, labels)
-    if reason:
-        raise CertifyError(f"metric {metric.name!r} cannot judge this model: {reason}", hint=use)
+    reason, use = refusal(metric, base_out, labels, chunked=bool(case.model.layout.carry))
+    if reason:  # the harness cannot judge with this metric: an ERROR of the plan, not the candidate's FAIL
+        return errored("accuracy", f"metric {metric.name!r} cannot judge this model: {reason}", hint=use)
     cand_out, where = accuracy.predict("candidate", case.candidate, inputs, bs, measure)
     if base_out.shape != cand_out.shape:
         raise CertifyError(f"its output shape {cand_out.shape} differs from the baseline's {base_out.shape}",

@@ -28,6 +28,12 @@ def test_argmax_of_one_column_is_refused_and_names_the_metric_to_use() -> None:
     assert METRICS["top1_agreement"].value(RNG.uniform(size=(64, 1)), None, probability) == 1.0
 
 
+def test_argmax_over_a_stream_of_one_column_chunks_is_refused() -> None:
+    streamed = RNG.uniform(size=(16, 6, 1)).astype(np.float32)  # [sequences, chunks, 1]
+    reason, use = refusal(METRICS["top1_agreement"], streamed, None, chunked=True)
+    assert "always the same" in reason and "binary_agreement" in use
+
+
 def test_argmax_over_a_probability_map_is_refused() -> None:
     maps = RNG.uniform(size=(8, 1, 32, 32)).astype(np.float32)
     reason, use = refusal(METRICS["top1_agreement"], maps, None)
