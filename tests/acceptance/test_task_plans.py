@@ -21,17 +21,7 @@ bootstrap_resamples = 300
 name = "vad"
 metric = {metric}
 dataset = {{ path = "audio.npz", inputs = {{ input = "input" }}, labels = "labels", batch_size = 8 }}
-[models.inputs.state]
-batch_axis = 1
-[models.inputs.sr]
-value = 16000
-dtype = "int64"
-[models.outputs]
-score = ["output"]
-stateN = {{ batch_axis = 1 }}
-[models.stream]
-carry = {{ stateN = "state" }}
-[models.baseline]
+""" + streaming_rnn.PLAN_LAYOUT.replace("{", "{{").replace("}", "}}") + """[models.baseline]
 path = "{baseline}"
 framework = "onnxruntime"
 [[models.candidates]]

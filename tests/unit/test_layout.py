@@ -31,17 +31,7 @@ name = "vad"
 metric = {{ name = "binary_agreement", threshold = 0.5 }}
 dataset = {{ path = "audio.npz", inputs = {{ input = "input" }}, labels = "labels", batch_size = 5 }}
 {extra}
-[models.inputs.state]
-batch_axis = 1
-[models.inputs.sr]
-value = 16000
-dtype = "int64"
-[models.outputs]
-score = ["output"]
-stateN = {{ batch_axis = 1 }}
-[models.stream]
-carry = {{ stateN = "state" }}
-[models.baseline]
+""" + streaming_rnn.PLAN_LAYOUT.replace("{", "{{").replace("}", "}}") + """[models.baseline]
 path = "vad.onnx"
 framework = "onnxruntime"
 [[models.candidates]]
