@@ -15,6 +15,7 @@ from certify.measure import accuracy
 from certify.metrics import metric_for, refusal
 from certify.plan import ModelRef
 from certify.policy import Policy
+from certify.recipes import kind_of
 from certify.records import AccuracyFigures
 from certify.verdict import FAIL, GateResult, decide, errored
 
@@ -38,7 +39,9 @@ def evaluate(ctx: GateContext) -> GateResult:
     if same_file(case.candidate, case.model.baseline):
         result["same_file_as_baseline"] = True
     ctx.measurement.update(result, candidate_where=where)
-    return accuracy_gate(result, ctx.policy, ctx.hint, made_by_recipe=case.candidate.recipe is not None)
+    recipe = case.candidate.recipe
+    return accuracy_gate(result, ctx.policy, ctx.hint,
+                         made_by_recipe=recipe is not None and kind_of(recipe).stage != "conversion")
 
 
 def same_file(candidate: ModelRef, baseline: ModelRef) -> bool:
@@ -50,6 +53,9 @@ def same_file(candidate: ModelRef, baseline: ModelRef) -> bool:
 
 
 def accuracy_gate(acc: AccuracyFigures, policy: Policy, hint: str, *, made_by_recipe: bool = False) -> GateResult:
+    """The retention decided against the policy. ``made_by_recipe``: a recipe that should change the numbers
+    (quantization, compression; a conversion keeps them) made the candidate, so outputs identical to the
+    baseline's mean it changed nothing."""
     details: dict[str, Any] = {k: acc[k] for k in ("metric", "baseline", "candidate", "top1_agreement", "samples",
                                                    "identical_outputs", "same_file_as_baseline") if k in acc}
     label = f"{acc['metric']} retention ({acc['candidate']:.4g} vs baseline {acc['baseline']:.4g})"
