@@ -53,6 +53,7 @@ PROBE_ERROR = "probe error"
 MAX_CLEAR_CHARS = 300  # a first line longer than this is a dump, not an explanation
 VALID_ROWS, VALID_TOKENS = 8, 16  # the valid request: a few dataset rows (array models) or one short prompt
 OVERSIZED_ROWS, OVERSIZED_BYTES = 4096, 256 << 20
+OVERSIZED_BUDGET_S = 15.0  # and fewer when the valid request's latency says they would take longer (at least 2x)
 PROBE_TIMEOUT_S = 30.0  # a probe answered later than this hung the runtime
 MAX_ROW_DRIFT = 0.05  # rows a probe must not touch may move this much (of their largest magnitude), not more
 
@@ -192,13 +193,17 @@ def valid_request(ctx: GateContext) -> dict[str, np.ndarray]:
     return batching.first_step(layout, batching.select(layout, inputs, slice(0, rows)))
 
 
-def limits_for(valid: dict[str, np.ndarray], loaded: dict[str, Any], layout: Layout | None = None) -> dict[str, Any]:
-    """The oversized batch's rows (4096, fewer when they would pass 256 MiB) and the context length, if known."""
+def limits_for(valid: dict[str, np.ndarray], loaded: dict[str, Any], layout: Layout | None = None,
+               latency_s: float = 0.0) -> dict[str, Any]:
+    """The oversized batch's rows (4096, fewer when they would pass 256 MiB or take longer than 15 s at the valid
+    request's latency, never fewer than twice its rows) and the context length, if known."""
     layout = layout or Layout()
     row_bytes = max(1, sum(int(a.nbytes) for a in batching.select(layout, valid, slice(0, 1)).values()))
     n = batching.samples(layout, {k: v for k, v in valid.items() if k not in layout.constants()})
-    return {"rows": max(2 * n, min(OVERSIZED_ROWS, OVERSIZED_BYTES // row_bytes)),
-            "n_ctx": loaded.get("info", {}).get("n_ctx")}
+    rows = min(OVERSIZED_ROWS, OVERSIZED_BYTES // row_bytes)
+    if latency_s > 0:
+        rows = min(rows, int(n * OVERSIZED_BUDGET_S / latency_s))
+    return {"rows": max(2 * n, rows), "valid_rows": n, "n_ctx": loaded.get("info", {}).get("n_ctx")}
 
 
 def run_probe(session: Session, probe: Probe, before: list[np.ndarray], limits: dict[str, Any],
@@ -230,9 +235,9 @@ def evaluate(ctx: GateContext) -> GateResult:
     session, results, limits = Session(ctx.case.candidate, valid, timeout_s), [], {}
     try:
         before = session.start()
-        limits = limits_for(valid, session.loaded, ctx.case.model.layout)
+        limits = limits_for(valid, session.loaded, ctx.case.model.layout, session.latency_s)
         for probe_ in probes:  # the oversized batch may take its rows' time; a hang is no answer in 20x that
-            scale = limits["rows"] / len(next(iter(valid.values()))) if probe_.rule == OVERSIZED else 1.0
+            scale = limits["rows"] / limits["valid_rows"] if probe_.rule == OVERSIZED else 1.0
             wait = min(timeout_s, max(PROBE_TIMEOUT_S, 20 * session.latency_s * scale))
             results.append(run_probe(session, probe_, before, limits, wait))
     finally:

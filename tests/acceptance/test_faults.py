@@ -87,7 +87,9 @@ def test_a_candidate_that_is_the_baseline_again_is_refused_on_speed_and_memory(p
     v = outcome.verdicts()
     assert v[("same", "accuracy")]["verdict"] == "pass" and v[("same", "accuracy")]["value"] == 1.0
     speed = v[("same", "speed")]
-    assert speed["verdict"] == "fail" and speed["interval"][0] < 2.0 and 0.5 < speed["value"] < 1.5
+    # (the point ratio of a file against itself is about 1 on a quiet host; a CI host under load measured 2.14x
+    # [1.93x, ...]: the verdict, which is on the interval's lower bound, is what must hold on any host)
+    assert speed["verdict"] == "fail" and speed["interval"][0] < 2.0
     memory = v[("same", "memory")]
     assert memory["verdict"] == "fail" and memory["value"] < 0.5
     assert outcome.results["candidates"]["tiny/same"] == "not_certified" and outcome.returncode == 1

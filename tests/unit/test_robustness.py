@@ -154,9 +154,17 @@ def test_a_probe_that_does_not_fit_the_model_is_not_applicable() -> None:
 
 def test_the_oversized_batch_is_bounded_by_memory() -> None:
     small = {"x": np.zeros((8, 16), np.float32)}
-    assert rb.limits_for(small, {"info": {"n_ctx": 512}}) == {"rows": rb.OVERSIZED_ROWS, "n_ctx": 512}
+    assert rb.limits_for(small, {"info": {"n_ctx": 512}}) == {"rows": rb.OVERSIZED_ROWS, "valid_rows": 8,
+                                                              "n_ctx": 512}
     wide = {"x": np.zeros((8, 3, 224, 224), np.float32)}  # 588 KiB a row: 445 rows fit in 256 MiB
     assert rb.limits_for(wide, {})["rows"] == rb.OVERSIZED_BYTES // (3 * 224 * 224 * 4)
+
+
+def test_the_oversized_batch_is_bounded_by_compute() -> None:
+    """At 0.5 s for 8 rows, 15 s buys 240 rows; at 10 s, twice the valid request's rows still go."""
+    small = {"x": np.zeros((8, 16), np.float32)}
+    assert rb.limits_for(small, {}, latency_s=0.5)["rows"] == 240
+    assert rb.limits_for(small, {}, latency_s=10.0)["rows"] == 16
 
 
 def result(name: str, outcome: str, note: str = "", serving: str = "ok") -> rb.ProbeResult:
