@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.errors import CertifyError
-from certify.gates.registry import GATE_NAMES, REQUIRED_BY_DEFAULT
+from certify.gates.registry import GATE_NAMES
 
 DEMO_NOTE = ("demo: the plan holds one candidate that is bad on purpose (int8-static-badcalib must FAIL accuracy), "
              "two that target hardware this host may not have (NOT EVALUATED here), and OpenVINO candidates whose "
@@ -112,10 +112,10 @@ def cmd_keygen(ns: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace, extra: list[str]) -> int:
-    from certify.verify import DEFAULT_REQUIRED, Request, verify
+    from certify.verify import Request, verify
 
     req = Request(Path(ns.certificate), [Path(k) for k in ns.key], [Path(m) for m in ns.model], ns.policy,
-                  ns.require or list(DEFAULT_REQUIRED), ns.max_age, ns.allow_dev_key)
+                  ns.require, ns.max_age, ns.allow_dev_key)
     outcome = verify(req)
     if ns.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -229,7 +229,8 @@ def _verify_parser(sub: Any) -> None:
     verify.add_argument("--policy", metavar="NAME|FILE", help="the certificate's policy must be at least this strict")
     verify.add_argument("--require", action="append", metavar="GATE",
                         help=f"gates that must have passed (repeatable; built in: {', '.join(GATE_NAMES)}, or a "
-                        f"gate a project added; default: {', '.join(REQUIRED_BY_DEFAULT)})")
+                        "gate a project added; default: the gates the certificate's policy requires, all eight "
+                        "for edge-default)")
     verify.add_argument("--max-age", type=float, metavar="DAYS", help="refuse certificates older than this")
     verify.add_argument("--allow-dev-key", action="store_true",
                         help="accept a certificate signed with a throwaway development key (demos only)")

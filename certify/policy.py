@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from certify.gates.registry import GATE_NAMES
+
 DECISION_RULES = ("lower_bound", "point")
 
 
@@ -33,9 +35,14 @@ class Policy:
     max_recovery_s: float = 30.0  # fallback: time from a fault to the next correct answer
     decision: str = "lower_bound"
     confidence: float = 0.95
+    # the gates a candidate must have passed, in this run, to be CERTIFIED (a user's gate marked ``required`` in its
+    # GateSpec is added to these); a run that leaves one out certifies nothing: its candidates are "partial"
+    required_gates: tuple[str, ...] = GATE_NAMES
 
     def thresholds(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
+        """Every rule of the policy by name (``required_gates`` as a list), as the evidence records it."""
+        return {f.name: list(value) if isinstance(value := getattr(self, f.name), tuple) else value
+                for f in dataclasses.fields(self) if f.name != "name"}
 
     def digest(self) -> str:
         canonical = json.dumps({"name": self.name, **self.thresholds()}, sort_keys=True)
@@ -65,6 +72,10 @@ def weaker_points(thresholds: Mapping[str, Any], required: Policy) -> list[str]:
         have = thresholds.get(key)
         if have is None:
             found.append(f"{key} not recorded (required {want})")
+        elif key == "required_gates":
+            dropped = sorted(set(want) - set(have))
+            if dropped:
+                found.append(f"required_gates leaves out {', '.join(dropped)} (required: {', '.join(want)})")
         elif key == "decision":
             if have != want and want == "lower_bound":
                 found.append(f"decision {have!r} (required 'lower_bound': the interval must clear the threshold)")
@@ -82,5 +93,5 @@ POLICIES: dict[str, Policy] = {
 }
 
 THRESHOLD_TYPES: dict[str, type] = {
-    f.name: float for f in dataclasses.fields(Policy) if f.name not in ("name", "decision")
-} | {"decision": str}
+    f.name: float for f in dataclasses.fields(Policy) if f.name not in ("name", "decision", "required_gates")
+} | {"decision": str, "required_gates": tuple}

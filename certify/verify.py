@@ -11,15 +11,12 @@ from typing import Any
 from certify.attest import VerificationError, load_public_key, open_envelope, read_json
 from certify.digests import model_digest
 from certify.errors import CertifyError
-from certify.gates.registry import REQUIRED_BY_DEFAULT
+from certify.gates.registry import GATE_NAMES
 from certify.plan.load import load_policy
 from certify.policy import weaker_points
 from certify.report.certificate import parse_iso, required_gates_missing
 
 CLOCK_SKEW_S = 300.0
-# What a release needs unless --require says otherwise: the gates the registry marks required (the mission's
-# quality, speed and memory targets, and steady latency). Other gates are required only when asked for.
-DEFAULT_REQUIRED = REQUIRED_BY_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class Request:
     keys: list[Path]
     models: list[Path] = field(default_factory=list)
     policy: str | None = None
-    require: list[str] = field(default_factory=lambda: list(DEFAULT_REQUIRED))
+    require: list[str] | None = None  # None: the gates each candidate's certificate entry says it had to pass
     max_age_days: float | None = None
     allow_dev_key: bool = False
 
@@ -136,15 +133,23 @@ def _select(out: Outcome, statement: dict[str, Any], models: list[Path]) -> list
     return selected
 
 
-def _check_candidate(out: Outcome, cand: dict[str, Any], require: list[str], policy: Any) -> None:
+def required_of(cand: dict[str, Any]) -> list[str]:
+    """The gates a certificate's candidate had to pass: as recorded with it, else its policy's required gates, else
+    every built-in gate (a certificate from before policies named them)."""
+    recorded = cand.get("required_gates") or cand.get("policy", {}).get("thresholds", {}).get("required_gates")
+    return [str(g) for g in recorded] if recorded else list(GATE_NAMES)
+
+
+def _check_candidate(out: Outcome, cand: dict[str, Any], require: list[str] | None, policy: Any) -> None:
     name = cand["case"]
     if policy is not None:
         weaker = weaker_points(cand.get("policy", {}).get("thresholds", {}), policy)
         out.add("policy", not weaker, f"{name}: policy {cand.get('policy', {}).get('name')!r} "
                 + (f"is weaker than {policy.name!r}: {'; '.join(weaker)}" if weaker
                    else f"is at least as strict as {policy.name!r}"))
-    missing = required_gates_missing(cand, require)
+    gates = require if require is not None else required_of(cand)
+    missing = required_gates_missing(cand, gates)
     out.add("gates", not missing, f"{name}: " + (f"required gates not passed: {'; '.join(missing)}" if missing
-                                                  else f"passed {', '.join(require)}"))
+                                                  else f"passed {', '.join(gates)}"))
     if cand.get("reason"):
         out.add("candidate", False, f"{name}: {cand['reason']}")

@@ -3,9 +3,10 @@
 A gate is a ``GateSpec``: its name (also its pytest marker), a one-line summary, how it is evaluated
 (``evaluate(ctx: GateContext) -> GateResult``, or a ``"module:function"`` string imported when first used), whether
 it times things or loads the cores (``exclusive``: measured alone on the host), whether it reads the model's files
-only (``static``: any host can judge it), whether a release requires it by default (``required``) and the
-thresholds it reads. Markers, the required gates of ``certify verify``, the report's column order and the runner's
-locking all derive from here. Adding a built-in gate is one module in ``certify/gates/`` and one line in
+only (``static``: any host can judge it), whether a project's own gate is required for certification
+(``required``; the built-in ones a candidate must pass are the policy's ``required_gates``, all eight by default)
+and the thresholds it reads. Markers, the report's column order and the runner's locking all derive from here.
+Adding a built-in gate is one module in ``certify/gates/`` and one line in
 ``BUILTIN``; a user adds one from a ``conftest.py`` (the ``pytest_certify_gates`` hook) or a package (the
 ``certify.gates`` entry-point group), see ``certify.hookspecs``.
 """
@@ -36,7 +37,7 @@ class GateSpec:
     # function of the project evaluates it (with the certify_* fixtures), so the plan file holds no item for it
     exclusive: bool = False  # times things or loads the cores: never measured beside other work on this host
     static: bool = False  # reads the model's files, never runs it: judged on any host, whatever the target
-    required: bool = False  # a release needs it unless `certify verify --require` says otherwise
+    required: bool = False  # a project's own gate: CERTIFIED needs it passed, like the policy's required_gates
     thresholds: tuple[str, ...] = ()  # the policy's fields it reads (``certify.policy.Policy``)
     defaults: Mapping[str, float] = field(default_factory=dict)  # a user gate's own thresholds, by name
     stage_figure: bool = False  # shown per recipe step in the report ("what this step bought")
@@ -58,14 +59,14 @@ def _builtin(name: str, summary: str, **kwargs: Any) -> GateSpec:
 
 
 BUILTIN: tuple[GateSpec, ...] = (
-    _builtin("accuracy", "the candidate keeps the baseline's quality on the plan's metric", required=True,
+    _builtin("accuracy", "the candidate keeps the baseline's quality on the plan's metric",
              thresholds=("min_accuracy_retention",), stage_figure=True),
     _builtin("speed", "the candidate is faster than the baseline (paired, interleaved runs)", module="speed",
-             exclusive=True, required=True, thresholds=("min_speedup",), stage_figure=True),
-    _builtin("memory", "the candidate's working set is smaller than the baseline's", exclusive=True, required=True,
+             exclusive=True, thresholds=("min_speedup",), stage_figure=True),
+    _builtin("memory", "the candidate's working set is smaller than the baseline's", exclusive=True,
              thresholds=("min_memory_reduction",), stage_figure=True),
     GateSpec("stability", "the candidate's latency is steady (tail, spread, drift)",
-             "certify.gates.speed:evaluate_stability", exclusive=True, required=True,
+             "certify.gates.speed:evaluate_stability", exclusive=True,
              thresholds=("max_p99_over_p50", "max_cv", "max_drift")),
     _builtin("stress", "sustained concurrent load: no errors, bounded tail, no decay or growth", exclusive=True,
              thresholds=("max_load_p99_ratio", "max_throughput_decay", "max_memory_growth_mib_per_min")),
@@ -118,6 +119,11 @@ class GateRegistry:
         """The names of the gates whose ``flag`` (exclusive, static, required, stage_figure) is set."""
         return tuple(s.name for s in self._specs.values() if getattr(s, flag))
 
+    def required(self, policy_gates: Iterable[str]) -> tuple[str, ...]:
+        """The gates a candidate must pass to be CERTIFIED: its policy's ``required_gates``, then every added gate
+        whose spec says ``required``."""
+        return tuple(dict.fromkeys([*policy_gates, *self.where("required")]))
+
     def order(self, gates: Iterable[str]) -> list[str]:
         """The given gate names in registry order, unknown ones after them by name (a report of another run)."""
         present = set(gates)
@@ -141,4 +147,3 @@ def entry_point_specs() -> list[tuple[GateSpec, str]]:
 
 BUILTIN_REGISTRY = GateRegistry()
 GATE_NAMES = BUILTIN_REGISTRY.names  # the built-in gates, in the harness's order
-REQUIRED_BY_DEFAULT = BUILTIN_REGISTRY.where("required")

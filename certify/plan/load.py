@@ -17,6 +17,7 @@ from typing import Any
 
 from certify.errors import PlanError, did_you_mean
 from certify.frameworks import FRAMEWORKS
+from certify.gates.registry import GATE_NAMES
 from certify.hardware import DEVICES, PLATFORMS
 from certify.metrics import METRICS, MetricError, metric_for
 from certify.plan.types import (
@@ -195,10 +196,22 @@ def _overrides(table: _Table, overrides: Mapping[str, Any]) -> dict[str, Any]:
     checked = {}
     for key, typ in THRESHOLD_TYPES.items():
         if key in table.data:
-            checked[key] = table.get(key, (int, float) if typ is float else typ)
+            checked[key] = table.get(key, (int, float) if typ is float else list if typ is tuple else typ)
     if checked.get("decision", "lower_bound") not in ("lower_bound", "point"):
         raise table.error("decision", "must be 'lower_bound' or 'point'")
+    if "required_gates" in checked:
+        checked["required_gates"] = _gate_names(table, checked["required_gates"])
     return checked
+
+
+def _gate_names(table: _Table, names: list[Any]) -> tuple[str, ...]:
+    """``policy.required_gates``: built-in gate names (a project's own gate is required by its GateSpec)."""
+    for name in names:
+        if not isinstance(name, str) or name not in GATE_NAMES:
+            raise table.error("required_gates", f"unknown gate {name!r}{did_you_mean(str(name), GATE_NAMES)}",
+                              hint=f"built-in gates: {', '.join(GATE_NAMES)}; a project's own gate is required "
+                              "by its GateSpec(required=True)")
+    return tuple(dict.fromkeys(names))
 
 
 def _measure(top: _Table) -> Measure:

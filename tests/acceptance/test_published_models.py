@@ -393,7 +393,8 @@ def test_streaming_rnn_fp16_and_int8_keep_the_streamed_decisions(tmp_path: Path)
     for name in ("NaN input", "+Inf input"):  # the bad value goes into `input`, never into the carried state
         assert found[name]["outcome"] == "safe result", found[name]
         assert found[name]["input"] == "input float32 [1, 256], state float32 [2, 1, 128], sr int64 []"
-    assert found["oversized batch"]["note"].startswith("answered (4096, 1), (2, 4096, 128)")  # cut on axis 1
+    cut = re.match(r"answered \((\d+), 1\), \(2, \1, 128\)", found["oversized batch"]["note"])  # on axis 1
+    assert cut and int(cut.group(1)) >= 2, found["oversized batch"]
     # ONNX Runtime 1.32 itself aborts on an LSTM over a batch of 0 ("terminate called without an active
     # exception", SIGABRT; reproduced outside the harness): a true finding, the only unsafe probe.
     assert found["empty batch"]["outcome"] == "unsafe" and "SIGABRT" in found["empty batch"]["note"]

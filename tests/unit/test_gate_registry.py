@@ -12,6 +12,7 @@ from certify import verify
 from certify.errors import CertifyError
 from certify.gates.context import GateContext
 from certify.gates.registry import BUILTIN, BUILTIN_REGISTRY, GATE_NAMES, GateRegistry, GateSpec
+from certify.policy import POLICIES
 from certify.report import html, tables
 from certify.verdict import PASS, GateResult
 
@@ -33,8 +34,10 @@ def test_the_built_in_gates_in_their_order() -> None:
 
 
 def test_every_list_of_gates_elsewhere_is_derived_from_the_registry() -> None:
-    assert verify.DEFAULT_REQUIRED == BUILTIN_REGISTRY.where("required") == ("accuracy", "speed", "memory",
-                                                                              "stability")
+    assert POLICIES["edge-default"].required_gates == GATE_NAMES and BUILTIN_REGISTRY.where("required") == ()
+    assert verify.required_of({"gates": {}}) == list(GATE_NAMES)
+    with_toy = GateRegistry([*BUILTIN, replace(TOY, required=True)])
+    assert with_toy.required(("accuracy", "speed")) == ("accuracy", "speed", "toy")
     assert html.STAGE_GATES == ("accuracy", "speed", "memory")
     assert tables.gate_order(["security", "mine", "accuracy"]) == ["accuracy", "security", "mine"]
 

@@ -16,6 +16,8 @@ DEFAULT, STRICT = POLICIES["edge-default"], POLICIES["edge-strict"]
 def _changed(field: str, value: Any) -> Any:
     if field == "decision":
         return next(rule for rule in DECISION_RULES if rule != value)
+    if field == "required_gates":
+        return value[:-1]
     assert isinstance(value, float)
     return round(value * 0.9, 6)
 
@@ -86,6 +88,8 @@ def test_edge_strict_is_at_least_as_strict_as_edge_default() -> None:
             stricter += strict[key] < value
         elif key == "decision":
             assert value != "lower_bound" or strict[key] == "lower_bound"
+        elif key == "required_gates":
+            assert set(strict[key]) >= set(value)
         else:
             raise AssertionError(f"threshold {key} has no strictness rule")
     assert stricter >= 1
@@ -96,6 +100,10 @@ def test_weaker_points_compare_every_threshold_in_its_direction() -> None:
 
     assert weaker_points(STRICT.thresholds(), DEFAULT) == []
     assert weaker_points(DEFAULT.thresholds(), DEFAULT) == []
+    fewer = dataclasses.replace(DEFAULT, required_gates=("accuracy", "speed")).thresholds()
+    assert weaker_points(fewer, DEFAULT) == ["required_gates leaves out fallback, memory, robustness, security, "
+                                             "stability, stress (required: accuracy, speed, memory, stability, "
+                                             "stress, fallback, robustness, security)"]
     found = weaker_points(DEFAULT.thresholds(), STRICT)
     assert {f.split()[0] for f in found} == {"min_accuracy_retention", "max_p99_over_p50", "max_cv", "max_drift",
                                              "max_load_p99_ratio", "max_throughput_decay",
