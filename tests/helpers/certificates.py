@@ -10,10 +10,13 @@ from certify.digests import model_digest
 from certify.policy import POLICIES
 from certify.verdict import PASS
 
+# every built-in gate (edge-default requires all eight); the last four decide on several figures, not one value
 UNITS = {"accuracy": ("%", ">=", 0.95), "speed": ("x", ">=", 2.0), "stability": ("x", "<=", 3.0),
-         "memory": ("%", ">=", 0.5)}
+         "memory": ("%", ">=", 0.5), "stress": ("", ">=", None), "fallback": ("", ">=", None),
+         "robustness": ("", ">=", None), "security": ("", ">=", None)}
 GOOD = {"accuracy": (0.99, [0.98, 1.0]), "speed": (3.1, [2.8, 3.4]), "stability": (1.4, None),
-        "memory": (0.6, [0.58, 0.62])}
+        "memory": (0.6, [0.58, 0.62]), "stress": (None, None), "fallback": (None, None), "robustness": (None, None),
+        "security": (None, None)}
 
 
 def gate_result(gate: str, verdict: str = PASS, value: float | None = None,
