@@ -46,6 +46,7 @@ class SessionState:
     interrupted: bool = False
     signer: Signer | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)  # results.json as written at the session's end
     resuming: bool = False
     gates: GateRegistry = BUILTIN_REGISTRY
     _plan: Plan | None = None
@@ -80,6 +81,13 @@ class SessionState:
                 for record in EvidenceStore(self.run_dir).records():
                     self._previous[(record["case"], record["gate"])] = record
         return self._previous
+
+    def required_gates(self) -> dict[str, tuple[str, ...]]:
+        """Per candidate (case id), the gates it must pass in this run to be CERTIFIED (its policy's and the
+        project's own required gates)."""
+        plan = self.plan()
+        return {f"{m.name}/{c.name}": self.gates.required(plan.policy_for(c).required_gates)
+                for m in plan.models for c in m.candidates}
 
     def run(self) -> CertificationRun:
         if self._run is None:

@@ -12,6 +12,11 @@ from certify.policy import Policy
 PASS, FAIL, NOT_EVALUATED, ERROR = "pass", "fail", "not_evaluated", "error"  # a gate's verdicts
 WARN, NOT_APPLICABLE = "warn", "not_applicable"  # also for the parts of a gate (a scenario, a probe, a file check)
 VERDICTS = (PASS, FAIL, NOT_EVALUATED, ERROR)
+# a candidate's (and a run's) status: certified only when every gate its policy requires ran in this run and passed;
+# partial when a subset of them ran (-m accuracy) and passed; incomplete when one could not be evaluated or the run
+# was interrupted; not certified when a gate failed or errored
+CERTIFIED, NOT_CERTIFIED, PARTIAL, INCOMPLETE = "certified", "not_certified", "partial", "incomplete"
+STATUSES = (CERTIFIED, NOT_CERTIFIED, PARTIAL, INCOMPLETE)
 
 
 def label(verdict: str) -> str:

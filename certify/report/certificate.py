@@ -1,14 +1,15 @@
 """The certificate's content: an in-toto Statement whose subjects are the certified candidate models (by digest)
 and whose predicate (``certify.attest.PREDICATE_TYPE``) holds everything a release job needs to trust it::
 
-    verdict            certified | not_certified | incomplete (the run as a whole)
+    verdict            certified | not_certified | partial | incomplete (the run as a whole)
     run                id, started, finished (UTC ISO 8601), complete
     harness            name and version of this tool
     plan, policy       name, source, digest; the policy's thresholds
     host, packages     the host fingerprint and description; every installed distribution's version
     models[]           per model: metric, baseline and dataset with their digests
     candidates[]       per candidate: digest and files, framework, device asked for and devices that really ran,
-                       its policy, every gate's verdict/value/interval/threshold/reason, and its verdict
+                       its policy, the gates it had to pass (required_gates), every gate's verdict/value/
+                       interval/threshold/reason and the host's conditions while it was measured, and its verdict
     not_evaluated[]    case, gates and the reason they could not run here
     dev_key            true when signed with a throwaway development key (never trust it for a release)
 """
@@ -25,10 +26,11 @@ from certify import DISTRIBUTION, __version__
 from certify.attest import PREDICATE_TYPE, STATEMENT_TYPE
 from certify.digests import file_sha256, model_digest
 from certify.errors import CertifyError
+from certify.gates.registry import GATE_NAMES
 from certify.plan import ModelRef, Plan
 from certify.records import EvidenceRecord
-from certify.report.results import candidate_verdicts, not_evaluated_groups, precisions
-from certify.verdict import NOT_EVALUATED
+from certify.report.results import candidate_verdicts, not_evaluated_groups, precisions, run_status
+from certify.verdict import CERTIFIED, NOT_CERTIFIED, NOT_EVALUATED
 
 GATE_FIELDS = ("verdict", "value", "interval", "threshold", "comparison", "unit", "reason")
 
@@ -93,7 +95,8 @@ def _executed(case: str, records: list[EvidenceRecord]) -> list[str]:
 
 
 def _candidates(results: dict[str, Any], records: list[EvidenceRecord]) -> list[dict[str, Any]]:
-    verdicts = candidate_verdicts(results["cases"])
+    verdicts = results.get("candidates") or candidate_verdicts(results["cases"])
+    required = results.get("required") or {}
     refs = {f"{m['name']}/{c['name']}": c for m in results.get("models", []) for c in m["candidates"]}
     gates: dict[str, dict[str, Any]] = defaultdict(dict)
     policies: dict[str, Any] = {}
@@ -108,23 +111,15 @@ def _candidates(results: dict[str, Any], records: list[EvidenceRecord]) -> list[
                                                           "sha256", "files", "made_by")},
                  "model": case.split("/", 1)[0], "executed_devices": _executed(case, records),
                  "policy": policies.get(case) or results["plan"]["policy"], "gates": gates[case],
-                 "precision": precisions(results["cases"]).get(case), "verdict": verdicts[case]}
+                 "precision": precisions(results["cases"]).get(case), "verdict": verdicts[case],
+                 "required_gates": list(required.get(case, GATE_NAMES))}
         if not ref.get("sha256"):
-            entry.update(verdict="not_certified", reason=f"the model file could not be digested: "
+            entry.update(verdict=NOT_CERTIFIED, reason=f"the model file could not be digested: "
                          f"{ref.get('digest_error', 'not in the plan')}")
         elif _changed_during_run(case, ref["sha256"], records):
-            entry.update(verdict="not_certified", reason="the model file changed while it was being certified")
+            entry.update(verdict=NOT_CERTIFIED, reason="the model file changed while it was being certified")
         out.append(entry)
     return out
-
-
-def overall_verdict(candidates: list[dict[str, Any]], complete: bool) -> str:
-    verdicts = {c["verdict"] for c in candidates}
-    if "not_certified" in verdicts:
-        return "not_certified"
-    if not complete or not candidates or verdicts != {"certified"}:
-        return "incomplete"
-    return "certified"
 
 
 def build_statement(results: dict[str, Any], records: list[EvidenceRecord], *, dev_key: bool = False
@@ -133,7 +128,7 @@ def build_statement(results: dict[str, Any], records: list[EvidenceRecord], *, d
     not_evaluated = [{"case": case, "gates": sorted(g), "reason": reason}
                      for (case, reason), g in not_evaluated_groups(results["cases"]).items()]
     predicate = {
-        "verdict": overall_verdict(candidates, bool(results.get("complete"))),
+        "verdict": run_status([c["verdict"] for c in candidates], bool(results.get("complete"))),
         "run": {"id": results["run_id"], "started": iso(results["started"]), "finished": iso(results["finished"]),
                 "complete": bool(results.get("complete"))},
         "harness": {"name": DISTRIBUTION, "version": __version__},
@@ -143,7 +138,7 @@ def build_statement(results: dict[str, Any], records: list[EvidenceRecord], *, d
         "candidates": candidates, "not_evaluated": not_evaluated, "dev_key": dev_key,
     }
     subjects = [{"name": c["case"], "digest": {"sha256": c["sha256"]}, "annotations": {"path": c["path"]}}
-                for c in candidates if c["verdict"] == "certified"]
+                for c in candidates if c["verdict"] == CERTIFIED]
     return {"_type": STATEMENT_TYPE, "subject": subjects, "predicateType": PREDICATE_TYPE, "predicate": predicate}
 
 

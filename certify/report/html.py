@@ -22,9 +22,9 @@ from certify.gates.registry import BUILTIN_REGISTRY
 from certify.records import EvidenceRecord
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
-from certify.report.results import not_evaluated_groups, precisions
+from certify.report.results import not_evaluated_groups, precisions, run_status
 from certify.report.tables import gate_order, value_text
-from certify.verdict import ERROR, FAIL, NOT_EVALUATED, PASS, label
+from certify.verdict import CERTIFIED, ERROR, FAIL, INCOMPLETE, NOT_EVALUATED, PASS, label
 
 THRESHOLD_UNIT = {"min_accuracy_retention": "%", "min_speedup": "x", "min_memory_reduction": "%",
                   "max_p99_over_p50": "x", "max_drift": "%", "confidence": "%"}
@@ -121,18 +121,14 @@ def decisive_bound(result: dict[str, Any]) -> float | None:
 
 
 def banner(results: dict[str, Any]) -> dict[str, Any]:
-    """CERTIFIED only when the run completed and every candidate is certified; any failed or errored candidate
-    makes it NOT CERTIFIED; anything else (gates not evaluated, an unfinished run, no candidate) is INCOMPLETE."""
+    """The run's status (``certify.report.results.run_status``): CERTIFIED only when the run completed and every
+    candidate passed every gate it requires; NOT CERTIFIED when one failed; PARTIAL when gates were left out."""
     verdicts = list((results.get("candidates") or {}).values())
-    certified = sum(v == "certified" for v in verdicts)
-    if verdicts and certified == len(verdicts) and results.get("complete", False):
-        status = "certified"
-    elif "not_certified" in verdicts:
-        status = "not_certified"
-    else:
-        status = "incomplete"
+    certified = sum(v == CERTIFIED for v in verdicts)
+    status = run_status(verdicts, bool(results.get("complete", False)))
     counts = results.get("counts") or {}
     notes = [] if results.get("complete", False) else ["the run did not complete"]
+    notes += [f"{case}: not run here: {', '.join(gates)}" for case, gates in (results.get("left_out") or {}).items()]
     return {"status": status, "label": label(status),
             "summary": f"{certified} of {len(verdicts)} candidate{'s' if len(verdicts) != 1 else ''} certified",
             "counts": [(label(v), v, int(counts.get(v, 0))) for v in (PASS, FAIL, NOT_EVALUATED, ERROR)],
@@ -181,7 +177,7 @@ def matrix_rows(candidates: list[dict[str, Any]], gates: list[str]) -> list[dict
 def candidate_view(index: int, case: str, entries: list[Entry], latest: Latest,
                    results: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
     first = entries[0]
-    status = (results.get("candidates") or {}).get(case, "incomplete")
+    status = (results.get("candidates") or {}).get(case, INCOMPLETE)
     results_by_gate = {e["gate"]: e["result"] for e in entries}
     order = {g: i for i, g in enumerate(gate_columns(entries))}
     cells = sorted((gate_cell(e) for e in entries), key=lambda c: order[c["gate"]])

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from certify.report.tables import cell_text, gate_order, markdown_cell, markdown_table
-
-VERDICT_TEXT = {"certified": "CERTIFIED", "not_certified": "NOT CERTIFIED", "incomplete": "INCOMPLETE"}
+from certify.verdict import label
 
 
 def _matrix(candidates: list[dict[str, Any]]) -> list[str]:
@@ -14,7 +13,7 @@ def _matrix(candidates: list[dict[str, Any]]) -> list[str]:
     rows = [["candidate", "framework", "ran on", "runs in", *gates, "verdict"]]
     rows += [[c["case"], c.get("framework") or "-", ", ".join(c["executed_devices"]) or "-", c.get("precision") or "-",
               *(cell_text(c["gates"][g]) if g in c["gates"] else "-" for g in gates),
-              f"**{VERDICT_TEXT[c['verdict']]}**"] for c in candidates]
+              f"**{label(c['verdict'])}**"] for c in candidates]
     return markdown_table(rows)
 
 
@@ -30,7 +29,7 @@ def _signature_lines(signature: dict[str, Any]) -> list[str]:
 def summary(statement: dict[str, Any], signature: dict[str, Any]) -> str:
     pred = statement["predicate"]
     policy = pred["policy"]
-    lines = [f"## Certification: {VERDICT_TEXT[pred['verdict']]}", "",
+    lines = [f"## Certification: {label(pred['verdict'])}", "",
              f"Plan `{pred['plan']['name']}`, policy `{policy['name']}` (`{policy['digest'][:19]}`), run "
              f"`{pred['run']['id']}`, {pred['run']['started']} to {pred['run']['finished']}, "
              f"host `{pred['host'].get('fingerprint', '?')}`.", "", *_matrix(pred["candidates"]), ""]
@@ -38,6 +37,9 @@ def summary(statement: dict[str, Any], signature: dict[str, Any]) -> str:
         gates = ", ".join(item["gates"])
         lines.append(f"- NOT EVALUATED {markdown_cell(item['case'])} ({gates}): {markdown_cell(item['reason'])}")
     for c in pred["candidates"]:
+        left_out = [g for g in c.get("required_gates") or [] if g not in c["gates"]]
+        if left_out:
+            lines.append(f"- {label(c['verdict'])} {markdown_cell(c['case'])}: not run here: {', '.join(left_out)}")
         if c.get("reason"):
             lines.append(f"- {markdown_cell(c['case'])}: {markdown_cell(c['reason'])}")
     return "\n".join([*lines, "", *_signature_lines(signature)]) + "\n"

@@ -3,30 +3,66 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from certify.gates.registry import GATE_NAMES, GateRegistry
 from certify.report.tables import cell_text, text_table
-from certify.verdict import ERROR, FAIL, NOT_EVALUATED, VERDICTS, label
+from certify.verdict import (
+    CERTIFIED,
+    ERROR,
+    FAIL,
+    INCOMPLETE,
+    NOT_CERTIFIED,
+    NOT_EVALUATED,
+    PARTIAL,
+    VERDICTS,
+    label,
+)
 
 SCHEMA = "certify.results/v1"
 
 
-def candidate_verdicts(entries: list[dict[str, Any]]) -> dict[str, str]:
-    """Per candidate: 'certified' only when every gate that ran passed and none was left unevaluated."""
-    by_case: dict[str, list[str]] = defaultdict(list)
+def candidate_verdicts(entries: list[dict[str, Any]], required: Mapping[str, Sequence[str]] | None = None,
+                       complete: bool = True) -> dict[str, str]:
+    """Per candidate (case): CERTIFIED only when every gate it requires (``required[case]``, default all built-in
+    gates) ran in this run and passed; NOT CERTIFIED when any gate failed or errored; INCOMPLETE when a required gate
+    was not evaluated, or is missing from an interrupted run; PARTIAL when the run left required gates out."""
+    by_case: dict[str, dict[str, str]] = defaultdict(dict)
     for entry in entries:
-        by_case[entry["case"]].append(entry["result"]["verdict"])
+        by_case[entry["case"]][entry["gate"]] = entry["result"]["verdict"]
     out = {}
     for case, verdicts in by_case.items():
-        if any(v in (FAIL, ERROR) for v in verdicts):
-            out[case] = "not_certified"
-        elif any(v == NOT_EVALUATED for v in verdicts):
-            out[case] = "incomplete"
+        wanted = (required or {}).get(case, GATE_NAMES)
+        missing = [g for g in wanted if g not in verdicts]
+        if any(v in (FAIL, ERROR) for v in verdicts.values()):
+            out[case] = NOT_CERTIFIED
+        elif any(verdicts.get(g) == NOT_EVALUATED for g in wanted) or (missing and not complete):
+            out[case] = INCOMPLETE
         else:
-            out[case] = "certified"
+            out[case] = PARTIAL if missing else CERTIFIED
     return out
+
+
+def run_status(statuses: Sequence[str], complete: bool) -> str:
+    """The run's status from its candidates': NOT CERTIFIED if one is; CERTIFIED only when the run completed and
+    every candidate is certified; PARTIAL when all that ran passed but gates were left out; else INCOMPLETE."""
+    if NOT_CERTIFIED in statuses:
+        return NOT_CERTIFIED
+    if complete and statuses and set(statuses) == {CERTIFIED}:
+        return CERTIFIED
+    if complete and statuses and set(statuses) <= {CERTIFIED, PARTIAL}:
+        return PARTIAL
+    return INCOMPLETE
+
+
+def gates_left_out(entries: list[dict[str, Any]], required: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Per candidate, the required gates this run did not run (a subset run, or an interrupted one)."""
+    ran: dict[str, set[str]] = defaultdict(set)
+    for entry in entries:
+        ran[entry["case"]].add(entry["gate"])
+    return {case: missing for case in sorted(ran)
+            if (missing := [g for g in required.get(case, GATE_NAMES) if g not in ran[case]])}
 
 
 def describe_gates(gates: GateRegistry) -> list[dict[str, Any]]:
@@ -38,13 +74,16 @@ def describe_gates(gates: GateRegistry) -> list[dict[str, Any]]:
 
 def build_results(*, run_id: str, plan: dict[str, Any], host: dict[str, Any], packages: dict[str, str],
                   entries: list[dict[str, Any]], started: float, finished: float, complete: bool,
-                  models: list[dict[str, Any]], gates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    verdicts = candidate_verdicts(entries)
+                  models: list[dict[str, Any]], gates: list[dict[str, Any]] | None = None,
+                  required: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    required = {case: list(g) for case, g in (required or {}).items()}
+    verdicts = candidate_verdicts(entries, required, complete)
     counts = {v: sum(1 for e in entries if e["result"]["verdict"] == v) for v in VERDICTS}
     return {
         "schema": SCHEMA, "run_id": run_id, "started": started, "finished": finished, "complete": complete,
         "plan": plan, "models": models, "gates": gates or [], "host": host, "packages": packages, "counts": counts,
-        "candidates": verdicts, "cases": sorted(entries, key=lambda e: (e["case"], e["gate"])),
+        "status": run_status(list(verdicts.values()), complete), "candidates": verdicts, "required": required,
+        "left_out": gates_left_out(entries, required), "cases": sorted(entries, key=lambda e: (e["case"], e["gate"])),
     }
 
 
@@ -67,13 +106,21 @@ def precisions(entries: list[dict[str, Any]]) -> dict[str, str]:
     return found
 
 
-def matrix_lines(entries: list[dict[str, Any]], gates: Sequence[str]) -> list[str]:
+def matrix_lines(entries: list[dict[str, Any]], gates: Sequence[str], verdicts: Mapping[str, str]) -> list[str]:
     """A fixed-width candidate x gate table; cells show verdict, value and the decisive bound; the candidate's
-    precision in force (as its runtime reported it) follows its name."""
+    precision in force (as its runtime reported it) follows its name; the last column is its status."""
     cases = sorted({e["case"] for e in entries})
     present = [g for g in gates if any(e["gate"] == g for e in entries)]
     cell = {(e["case"], e["gate"]): cell_text(e["result"]) for e in entries}
     rows = [["candidate", "runs in", *present, "verdict"]]
-    verdicts, runs_in = candidate_verdicts(entries), precisions(entries)
-    rows += [[c, runs_in.get(c, "-"), *(cell.get((c, g), "-") for g in present), label(verdicts[c])] for c in cases]
+    runs_in = precisions(entries)
+    rows += [[c, runs_in.get(c, "-"), *(cell.get((c, g), "-") for g in present), label(verdicts.get(c, INCOMPLETE))]
+             for c in cases]
     return text_table(rows)
+
+
+def left_out_lines(results: dict[str, Any]) -> list[str]:
+    """One line per candidate the run did not fully judge: which required gates it left out, and why that matters."""
+    why = "a subset run certifies nothing" if results.get("complete") else "the run was interrupted"
+    return [f"{label(results['candidates'].get(case, INCOMPLETE))} {case}: not run here: {', '.join(gates)} ({why})"
+            for case, gates in (results.get("left_out") or {}).items()]

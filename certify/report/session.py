@@ -13,7 +13,21 @@ import pytest
 from certify.errors import CertifyError
 from certify.hardware import detect_host
 from certify.session import CASE_PROPERTY, RESULT_PROPERTY, SessionState
-from certify.verdict import ERROR, NOT_EVALUATED, GateResult
+from certify.verdict import CERTIFIED, ERROR, NOT_EVALUATED, GateResult
+
+# The session's exit status when pytest itself would say 0 (nothing failed): 0 only when every candidate is
+# CERTIFIED. 1 (a gate failed or errored) and 2 (interrupted) are pytest's own.
+EXIT_NOT_CERTIFIED = 6  # nothing failed, but a candidate is partial (a subset run) or incomplete (not evaluated)
+EXIT_NOTHING_EVALUATED = 7  # no gate could be evaluated on this host
+
+
+def exit_status(pytest_status: int, results: dict[str, Any]) -> int:
+    """pytest's exit status, made to say whether the run certified: see ``EXIT_NOT_CERTIFIED``."""
+    if pytest_status != 0:
+        return pytest_status
+    if all(e["result"]["verdict"] == NOT_EVALUATED for e in results["cases"]):
+        return EXIT_NOTHING_EVALUATED
+    return 0 if results["status"] == CERTIFIED else EXIT_NOT_CERTIFIED
 
 
 class CertifyReporter:
@@ -70,10 +84,12 @@ class CertifyReporter:
             run_id=state.run_id, host=detect_host().to_dict(), packages=package_versions(), entries=self.entries(),
             plan={"name": plan.name, "source": str(plan.source), "digest": plan.digest,
                   "policy": plan.policy.to_dict()}, models=describe_models(plan, records),
-            gates=describe_gates(state.gates),
+            gates=describe_gates(state.gates), required=state.required_gates(),
             started=state.started, finished=time.time(), complete=not state.interrupted and exitstatus in (0, 1),
         )
         write_json_atomic(state.run_dir / RESULTS_FILE, document)
+        state.results = document
+        session.exitstatus = exit_status(int(exitstatus), document)
         try:
             state.outputs = certify_run(state.run_dir, state.signer)
         except CertifyError as exc:  # results.json is written; say why the certificate or report is missing
@@ -83,13 +99,17 @@ class CertifyReporter:
         entries = self.entries()
         if not entries:
             return
-        from certify.report.results import matrix_lines, not_evaluated_groups
+        from certify.report.results import left_out_lines, matrix_lines, not_evaluated_groups
 
         tr, host = terminalreporter, detect_host()
         tr.section("certification summary")
         tr.write_line(f"host: {host.describe()} [{host.fingerprint}]")
-        for line in matrix_lines(entries, self.state.gates.order(e["gate"] for e in entries)):
+        results = self.state.results
+        for line in matrix_lines(entries, self.state.gates.order(e["gate"] for e in entries),
+                                 results.get("candidates", {})):
             tr.write_line(line)
+        for line in left_out_lines(results):
+            tr.write_line(line, yellow=True)
         for (case, reason), gates in not_evaluated_groups(entries).items():
             tr.write_line(f"NOT EVALUATED {case} ({', '.join(gates)}): {reason}")
         run_dir = os.path.relpath(self.state.run_dir)

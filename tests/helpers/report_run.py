@@ -21,7 +21,8 @@ MODEL = "digits-mlp"
 MIB = 1024 * 1024
 THRESHOLDS = {"confidence": 0.95, "decision": "lower_bound", "max_cv": 0.5, "max_drift": 0.25,
               "max_p99_over_p50": 3.0, "min_accuracy_retention": 0.95, "min_memory_reduction": 0.5,
-              "min_speedup": 2.0}
+              "min_speedup": 2.0, "required_gates": ["accuracy", "speed", "memory", "stability"]}
+REQUIRED = THRESHOLDS["required_gates"]  # this report's runs measure these four gates, and its policy requires them
 POLICY = {"name": "edge-default", "digest": "sha256:1a2e4f8e5f737d6c329c587d1b5a6d55fe34c14b1981e84e45ebb925077d6c4d",
           "thresholds": THRESHOLDS}
 PLAN = {"name": "digits-demo", "source": "/tmp/certify-cache/demo/plan.toml", "policy": POLICY,
@@ -193,7 +194,8 @@ def write_run(run_dir: Path, *, only: tuple[str, ...] | None = None, complete: b
         records.insert(0, {**stale, "measurement": {"speedup": 0.5, "baseline_ns": [1], "candidate_ns": [2]}})
     results = build_results(run_id="20261121T071120Z-f59870", plan=PLAN, host=HOST, packages=PACKAGES,
                             entries=entries, started=STARTED, finished=FINISHED, complete=complete,
-                            models=models(sorted({e["candidate"] for e in entries})))
+                            models=models(sorted({e["candidate"] for e in entries})),
+                            required={e["case"]: REQUIRED for e in entries})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
     (run_dir / "evidence.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),

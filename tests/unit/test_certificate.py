@@ -26,7 +26,7 @@ def test_only_certified_candidates_are_subjects(tmp_path: Path) -> None:
     assert verdicts == {"m/good": "certified", "m/bad": "not_certified", "m/elsewhere": "incomplete"}
     bad = next(c for c in pred["candidates"] if c["case"] == "m/bad")
     assert bad["gates"]["accuracy"]["interval"] == [0.24, 0.32] and bad["gates"]["accuracy"]["threshold"] == 0.95
-    assert pred["not_evaluated"][0]["case"] == "m/elsewhere" and len(pred["not_evaluated"][0]["gates"]) == 4
+    assert pred["not_evaluated"][0]["case"] == "m/elsewhere" and len(pred["not_evaluated"][0]["gates"]) == 8
     assert pred["models"][0]["baseline"]["sha256"] == model_digest(tmp_path / "baseline.onnx").sha256
     for key in ("run", "harness", "plan", "policy", "host", "packages", "dev_key"):
         assert key in pred

@@ -55,7 +55,7 @@ def test_three_certificates_from_two_hosts_give_one_matrix(three: tuple[Path, Pa
     assert list(fleet.hosts.values()) == [LABEL_A, LABEL_B]
     assert [(r.case, r.framework) for r in fleet.rows] == [("m/int8", "onnxruntime"), ("m/ov", "onnxruntime"),
                                                           ("m/ov", "openvino")]
-    assert fleet.gates == ["accuracy", "speed", "memory", "stability"]
+    assert fleet.gates == ["accuracy", "speed", "memory", "stability", "stress", "fallback", "robustness", "security"]
     assert cell(fleet, "m/int8", LABEL_A)["cells"]["speed"] == "FAIL 1.50x [1.40x]"
     assert cell(fleet, "m/int8", LABEL_A)["verdict"] == "not_certified"
     assert cell(fleet, "m/int8", LABEL_B)["cells"]["speed"] == "PASS 3.10x [2.80x]"
@@ -92,12 +92,13 @@ def test_text_and_markdown_show_hosts_gates_and_cells(three: tuple[Path, Path, P
     assert lines[0] == "Fleet matrix: 3 candidates on 2 hosts from 3 certificates"
     assert lines[1] == "every certificate's signature verified with a trusted key"
     header = next(line for line in lines if line.startswith("candidate"))
-    assert re.split(r"\s{2,}", header)[:8] == ["candidate", "framework", "H1 accuracy", "H1 speed", "H1 memory",
-                                               "H1 stability", "H1 verdict", "H2 accuracy"]
+    assert re.split(r"\s{2,}", header)[:12] == ["candidate", "framework", "H1 accuracy", "H1 speed", "H1 memory",
+                                                "H1 stability", "H1 stress", "H1 fallback", "H1 robustness",
+                                                "H1 security", "H1 verdict", "H2 accuracy"]
     int8 = next(line for line in lines if line.startswith("m/int8"))
     assert "FAIL 1.50x [1.40x]" in int8 and "NOT CERTIFIED" in int8 and "PASS 3.10x [2.80x]" in int8
     openvino = next(line for line in lines if "openvino" in line)
-    assert re.split(r"\s{2,}", openvino)[2:7] == ["-"] * 5  # ov on openvino never ran on box-a
+    assert re.split(r"\s{2,}", openvino)[2:11] == ["-"] * 9  # ov on openvino never ran on box-a
     markdown = fleet.markdown()
     assert markdown.startswith("## Fleet matrix: 3 candidates on 2 hosts")
     assert f"- H1 = {LABEL_A}: from #1, #2" in markdown
