@@ -58,6 +58,8 @@ class PairedSpeed(TypedDict, total=False):
     baseline_ns: list[int]
     candidate_ns: list[int]
     preflight: Preflight
+    preflight_after: Preflight  # the same check right after the run (the host may have changed during it)
+    conditions: dict[str, Any]  # the worse of the two (``certify.measure.preflight.conditions``): in the certificate
     energy: dict[str, Any]
     bounds: dict[str, float]
     language_model: dict[str, Any]  # prompt processing and generation figures of both sides

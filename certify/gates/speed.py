@@ -13,10 +13,11 @@ import dataclasses
 from typing import Any
 
 from certify.gates.context import GateContext
+from certify.measure import preflight
 from certify.measure import speed as speed_run
 from certify.policy import Policy
 from certify.records import PairedSpeed
-from certify.verdict import FAIL, PASS, GateResult, decide
+from certify.verdict import ERROR, FAIL, PASS, GateResult, decide
 
 
 def paired_speed(ctx: GateContext) -> PairedSpeed:
@@ -85,9 +86,24 @@ def speed_gate(speed: PairedSpeed, policy: Policy, hint: str) -> GateResult:
                     hint=hint, details=details)
     pre = speed.get("preflight") or {}
     if pre.get("warning") and pre.get("option") == "warn":
-        return dataclasses.replace(result, reason=f"{result.reason}; {pre['warning']} (the run was widened: "
-                       f"{_widened(pre.get('widened', {}))})")
-    return result
+        result = dataclasses.replace(result, reason=f"{result.reason}; {pre['warning']} (the run was widened: "
+                                     f"{_widened(pre.get('widened', {}))})")
+    return judged(result, speed)
+
+
+def judged(result: GateResult, speed: PairedSpeed) -> GateResult:
+    """The verdict with the host's conditions in its details; an ERROR that keeps the figures when they were
+    measured on a host too noisy to judge (``certify.measure.preflight.not_judged``)."""
+    found = speed.get("conditions")
+    if not found:
+        return result
+    result = dataclasses.replace(result, details={**result.details, "conditions": found})
+    why = preflight.not_judged(found)
+    if not why:
+        return result
+    return dataclasses.replace(result, verdict=ERROR, reason=f"not judged: {why}; measured: {result.reason}",
+                               hint="rerun on a quiet host (stop the busy processes, use a dedicated runner), or "
+                               "raise measure.noise_wait_s; measure.noise = 'warn' lets such a verdict stand")
 
 
 def _widened(widened: dict[str, Any]) -> str:
@@ -139,7 +155,7 @@ def stability_gate(speed: PairedSpeed, policy: Policy, hint: str) -> GateResult:
     if broken:
         noisy = f" (the host was {pre['noise'].replace('_', ' ')} when measured: {pre['summary']})" \
             if pre.get("noise", "quiet") != "quiet" else ""
-        return GateResult("stability", FAIL, f"latency unstable: {'; '.join(broken)}{noisy}", tail, None,
-                          policy.max_p99_over_p50, "<=", "x", hint, details)
-    return GateResult("stability", PASS, f"latency stable: {summary}", tail, None, policy.max_p99_over_p50,
-                      "<=", "x", "", details)
+        return judged(GateResult("stability", FAIL, f"latency unstable: {'; '.join(broken)}{noisy}", tail, None,
+                                 policy.max_p99_over_p50, "<=", "x", hint, details), speed)
+    return judged(GateResult("stability", PASS, f"latency stable: {summary}", tail, None, policy.max_p99_over_p50,
+                             "<=", "x", "", details), speed)

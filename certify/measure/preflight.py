@@ -301,10 +301,49 @@ def widen(measure: Measure, preflight: dict[str, Any]) -> tuple[Measure, dict[st
                    for key in ("min_duration_s", "max_duration_s", "max_iterations")}
 
 
+RECHECK_S = 5.0  # under noise = "wait": the pause between two preflights while the host is too noisy
+NOISE_ORDER = (QUIET, NOISY, TOO_NOISY)
+JUDGING_OPTIONS = ("wait", "refuse")  # the options under which too-noisy evidence is not judged
+
+
+def settle(measure: Measure, confidence: float, sleep: Any = time.sleep, clock: Any = time.monotonic
+           ) -> dict[str, Any]:
+    """The preflight the measurement starts from: under ``noise = "wait"`` the host is re-checked every
+    ``RECHECK_S`` while it is too noisy, up to ``measure.noise_wait_s``; the wait is recorded (``waited_s``)."""
+    started = clock()
+    checked, checks = run_preflight(measure.noise, confidence), 1
+    while checked["noise"] == TOO_NOISY and measure.noise == "wait" \
+            and clock() - started + RECHECK_S <= measure.noise_wait_s:
+        sleep(RECHECK_S)
+        checked, checks = run_preflight(measure.noise, confidence), checks + 1
+    return {**checked, "waited_s": round(max(0.0, clock() - started - checked["seconds"]), 3), "checks": checks}
+
+
+def conditions(before: dict[str, Any], after: dict[str, Any] | None) -> dict[str, Any]:
+    """The host's conditions over a measurement, from the preflights before and after it: the worse noise level,
+    the larger share of the cores other processes held, the plan's option and the wait for quiet."""
+    seen = [p for p in (before, after) if p]
+    noise = max((p["noise"] for p in seen), key=NOISE_ORDER.index)
+    return {"noise": noise, "others_cpu_share": max(float(p.get("others_cpu_share") or 0.0) for p in seen),
+            "noise_option": before["option"], "waited_s": float(before.get("waited_s") or 0.0),
+            "summary": next(p["summary"] for p in seen if p["noise"] == noise)}
+
+
+def not_judged(conditions_: dict[str, Any]) -> str:
+    """Why a verdict measured under these conditions cannot stand ('' when it can): too noisy under an option
+    that judges the host (``wait``, ``refuse``)."""
+    if conditions_.get("noise") != TOO_NOISY or conditions_.get("noise_option") not in JUDGING_OPTIONS:
+        return ""
+    waited = f" after waiting {conditions_['waited_s']:.0f} s for quiet" if conditions_.get("waited_s") else ""
+    return (f"the host was too noisy while measuring{waited} ({conditions_['summary']}; other processes held "
+            f"{conditions_['others_cpu_share']:.0%} of the cores): the figure is kept in the evidence but cannot "
+            "certify")
+
+
 def check(preflight: dict[str, Any]) -> None:
     """Raise ``HostTooNoisy`` when the host is too noisy and the plan refuses to measure on it."""
     if preflight["noise"] == TOO_NOISY and preflight["option"] == "refuse":
         raise HostTooNoisy(
             f"{preflight['warning']}; measure.noise = 'refuse', so nothing was measured",
             hint="rerun on a quiet host (stop the busy processes listed, use a dedicated machine or CI runner), "
-            "or set measure.noise = 'warn' to measure anyway with a widened run", preflight=preflight)
+            "or set measure.noise = 'wait' (re-check until quiet) or 'warn' (measure anyway)", preflight=preflight)

@@ -84,6 +84,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         started = time.monotonic()
         stop = _interleave(a, b, run, measure, threshold, confidence, started)
         elapsed = time.monotonic() - started
+    after = preflight.run_preflight(measure.noise, confidence)  # the host may have changed during the run
     base_ns, cand_ns = run.arrays()
     found = stats.speedup(base_ns, cand_ns, resamples=measure.bootstrap_resamples, seed=measure.seed,
                           confidence=confidence, block=run.block)
@@ -98,16 +99,17 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         "candidate": {"latency": stats.summarize(cand_ns), "drift": stats.drift(cand_ns),
                       **_where(loaded["candidate"])},
         "baseline_ns": base_ns.tolist(), "candidate_ns": cand_ns.tolist(),
-        "preflight": checked, "energy": run.energy_figures(no_energy),
+        "preflight": checked, "preflight_after": after, "conditions": preflight.conditions(checked, after),
+        "energy": run.energy_figures(no_energy),
         "bounds": {"min_duration_s": measure.min_duration_s, "max_duration_s": measure.max_duration_s,
                    "min_iterations": measure.min_iterations, "max_iterations": measure.max_iterations},
     }
 
 
 def _host_check(measure: Measure, confidence: float) -> tuple[Measure, Preflight, energy.Meter | None, str]:
-    """Before the workers start: the noise preflight (raises ``HostTooNoisy`` under ``refuse``), the measure bounds
-    it widened, and the energy meter (or why there is none)."""
-    checked = preflight.run_preflight(measure.noise, confidence)
+    """Before the workers start: the noise preflight (waited on under ``wait``, raises ``HostTooNoisy`` under
+    ``refuse``), the measure bounds it widened, and the energy meter (or why there is none)."""
+    checked = preflight.settle(measure, confidence)
     preflight.check(checked)
     measure, widened = preflight.widen(measure, checked)
     checked["widened"] = widened

@@ -238,13 +238,14 @@ def _measure(top: _Table) -> Measure:
 
 
 def _noise(table: _Table) -> str:
-    noise: str = table.get("noise", str, "warn")
+    noise: str = table.get("noise", str, "wait")
     if noise not in NOISE_OPTIONS:
-        raise table.error("noise", f"must be 'warn', 'refuse' or 'ignore', got {noise!r}"
+        raise table.error("noise", f"must be 'wait', 'refuse', 'warn' or 'ignore', got {noise!r}"
                           f"{did_you_mean(noise, NOISE_OPTIONS)}",
-                          hint="on a host the speed preflight finds too noisy: 'warn' measures a widened run and "
-                          "says so in the verdict, 'refuse' makes the speed gate an ERROR, 'ignore' neither widens "
-                          "nor warns (the preflight is still recorded)")
+                          hint="on a host the speed preflight finds too noisy: 'wait' (the default) re-checks until "
+                          "it is quiet, up to noise_wait_s, and a speed or stability verdict measured too noisy is "
+                          "an ERROR; 'refuse' makes it an ERROR without waiting or measuring; 'warn' measures a "
+                          "widened run and lets the verdict stand with a warning; 'ignore' neither widens nor warns")
     return noise
 
 

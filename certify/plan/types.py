@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from certify.recipes import Recipe
 
 DEVICE_PREFIXES = ("AUTO", "HETERO", "MULTI")
-NOISE_OPTIONS = ("warn", "refuse", "ignore")  # measure.noise: see certify.measure.preflight
+NOISE_OPTIONS = ("wait", "refuse", "warn", "ignore")  # measure.noise: see certify.measure.preflight
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class Measure:
     seed: int = 0
     threads: int = 0
     memory_limit_mib: int = 0  # each worker's data-segment limit (RLIMIT_DATA); 0 = none
-    noise: str = "warn"  # a too-noisy host (speed preflight): measure widened and warn, refuse (ERROR), or ignore
+    noise_wait_s: float = 120.0  # under noise = "wait": how long to wait for a too-noisy host to quieten
+    noise: str = "wait"  # a too-noisy host (speed preflight): wait for quiet (then ERROR if it never came), refuse
+    # (ERROR, nothing measured), warn (measure widened, the verdict stands with a warning), or ignore
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,10 @@ def _candidates(results: dict[str, Any], records: list[EvidenceRecord]) -> list[
     gates: dict[str, dict[str, Any]] = defaultdict(dict)
     policies: dict[str, Any] = {}
     for entry in results["cases"]:
-        gates[entry["case"]][entry["gate"]] = {k: entry["result"].get(k) for k in GATE_FIELDS}
+        gate = gates[entry["case"]][entry["gate"]] = {k: entry["result"].get(k) for k in GATE_FIELDS}
+        conditions = (entry["result"].get("details") or {}).get("conditions")
+        if conditions:  # the host's noise while a timed gate measured (certify.measure.preflight.conditions)
+            gate["conditions"] = conditions
     for r in records:
         policies[r["case"]] = r.get("policy")
     out = []
@@ -138,7 +141,7 @@ def build_statement(results: dict[str, Any], records: list[EvidenceRecord], *, d
         "candidates": candidates, "not_evaluated": not_evaluated, "dev_key": dev_key,
     }
     subjects = [{"name": c["case"], "digest": {"sha256": c["sha256"]}, "annotations": {"path": c["path"]}}
-                for c in candidates if c["verdict"] == CERTIFIED]
+                for c in candidates if c["verdict"] == CERTIFIED and results.get("complete")]  # (never unfinished)
     return {"_type": STATEMENT_TYPE, "subject": subjects, "predicateType": PREDICATE_TYPE, "predicate": predicate}
 
 

@@ -23,7 +23,7 @@ from certify.records import EvidenceRecord
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
 from certify.report.results import not_evaluated_groups, precisions, run_status
-from certify.report.tables import gate_order, value_text
+from certify.report.tables import gate_order, host_noise, value_text
 from certify.verdict import CERTIFIED, ERROR, FAIL, INCOMPLETE, NOT_EVALUATED, PASS, label
 
 THRESHOLD_UNIT = {"min_accuracy_retention": "%", "min_speedup": "x", "min_memory_reduction": "%",
@@ -145,9 +145,10 @@ def gate_cell(entry: Entry) -> dict[str, Any]:
         cmp = _relation(bound, threshold, result.get("comparison", ">="))
         decided = f"{'bound ' if result.get('interval') else ''}{charts.fmt(bound, unit)} {cmp} " \
                   f"{charts.fmt(threshold, unit)}"
-    return {"gate": entry["gate"], "verdict": verdict, "label": label(verdict),
+    noise = host_noise(result)
+    return {"gate": entry["gate"], "verdict": verdict, "label": label(verdict) + (f" ({noise})" if noise else ""),
             "value": fmt_value(value, unit), "decided": decided, "reason": result.get("reason", ""),
-            "hint": result.get("hint", "")}
+            "hint": result.get("hint", ""), "noise": noise}
 
 
 def _relation(bound: float, threshold: float, comparison: str) -> str:

@@ -41,7 +41,9 @@ def candidate_verdicts(entries: list[dict[str, Any]], required: Mapping[str, Seq
             out[case] = INCOMPLETE
         else:
             out[case] = PARTIAL if missing else CERTIFIED
-    return out
+    if not complete:  # a candidate the interrupted run never reached is incomplete too, not absent
+        out.update({case: INCOMPLETE for case in (required or {}) if case not in out})
+    return dict(sorted(out.items()))
 
 
 def run_status(statuses: Sequence[str], complete: bool) -> str:

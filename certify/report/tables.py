@@ -57,14 +57,22 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> list[str]:
     return [lines[0], "|" + "---|" * len(rows[0]), *lines[1:]]
 
 
+def host_noise(result: dict[str, Any]) -> str:
+    """'noisy' or 'too noisy' when the gate was measured on such a host (its ``conditions``), else ''."""
+    found = result.get("conditions") or (result.get("details") or {}).get("conditions") or {}
+    noise = str(found.get("noise", "quiet"))
+    return "" if noise == "quiet" else noise.replace("_", " ")
+
+
 def cell_text(result: dict[str, Any]) -> str:
-    """A matrix cell: 'VERDICT value [decisive bound]' (the bound the lower_bound rule judged)."""
-    text = label(result["verdict"])
+    """A matrix cell: 'VERDICT value [decisive bound]' (the bound the lower_bound rule judged), and '(noisy)' or
+    '(too noisy)' when the host was."""
+    text, noise = label(result["verdict"]), host_noise(result)
     value, unit = result.get("value"), result.get("unit", "")
-    if value is None or result["verdict"] in (NOT_EVALUATED, ERROR):
-        return text
-    shown = value_text(value, unit)
-    if result.get("interval"):
-        bound = result["interval"][0] if result.get("comparison") == ">=" else result["interval"][1]
-        shown += f" [{value_text(bound, unit)}]"
-    return f"{text} {shown}"
+    if value is not None and result["verdict"] not in (NOT_EVALUATED, ERROR):
+        shown = value_text(value, unit)
+        if result.get("interval"):
+            bound = result["interval"][0] if result.get("comparison") == ">=" else result["interval"][1]
+            shown += f" [{value_text(bound, unit)}]"
+        text = f"{text} {shown}"
+    return f"{text} ({noise})" if noise else text

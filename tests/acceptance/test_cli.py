@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.models import PLAN, candidate, tiny_project
+from tests.helpers.models import ACCURACY_ONLY, PLAN, candidate, tiny_project
 
 pytest.importorskip("onnxruntime")
 
@@ -31,6 +31,10 @@ def test_doctor_reports_host_and_backends(tmp_path: Path) -> None:
 def test_run_finds_certify_toml_and_exits_by_verdict(tmp_path: Path) -> None:
     tiny_project(tmp_path)
     (tmp_path / "certify.toml").write_text(PLAN + candidate("int8", "int8.onnx"))
+    subset = certify("run", "-k", "accuracy", cwd=tmp_path)  # edge-default requires all eight gates
+    assert subset.returncode == 6, subset.stdout + subset.stderr
+    assert "PASS 100.0%" in subset.stdout and "PARTIAL tiny/int8: not run here: speed, memory" in subset.stdout
+    (tmp_path / "certify.toml").write_text(PLAN + candidate("int8", "int8.onnx", extra=ACCURACY_ONLY))
     passed = certify("run", "-k", "accuracy", cwd=tmp_path)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "tiny/int8" in passed.stdout and "CERTIFIED" in passed.stdout

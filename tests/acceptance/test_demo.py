@@ -87,7 +87,7 @@ def test_results_document_has_schema_host_and_versions(demo_run: Outcome) -> Non
 def test_platform_marker_selects_its_cases_and_skips_them_here(
         demo_plan: Path, tmp_path: Path, marker: str, candidate: str) -> None:
     outcome = run_certification(tmp_path, demo_plan, "-m", marker)
-    assert outcome.returncode == 0, outcome.stdout
+    assert outcome.returncode == 6, outcome.stdout  # nothing failed; the target's gates could not run here
     assert "1 passed, 7 skipped" in outcome.stdout.splitlines()[-1]  # only the static security gate ran here
     assert {c["candidate"] for c in outcome.results["cases"]} == {candidate}
     verdicts = {c["gate"]: c["result"]["verdict"] for c in outcome.results["cases"]}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from certify.attest import read_unverified
-from tests.helpers.models import PLAN, candidate, tiny_project
+from tests.helpers.models import ACCURACY_ONLY, PLAN, candidate, tiny_project
 
 pytest.importorskip("onnxruntime")
 
@@ -77,8 +77,9 @@ def test_markers_select_the_target_and_the_gate(project: Path) -> None:
 
 def test_a_plain_run_writes_the_reports_of_certify_run(project: Path) -> None:
     done = pytest_in(project, "-m", "accuracy", "--certify-run-id", "acc")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 6, done.stdout + done.stderr  # a subset run: nothing failed, nothing certified
     results = json.loads((project / "reports" / "acc" / "results.json").read_text())
+    assert results["candidates"]["tiny/int8"] == "partial" and "speed" in results["left_out"]["tiny/int8"]
     verdicts = {(c["candidate"], c["gate"]): c["result"]["verdict"] for c in results["cases"]}
     assert verdicts[("int8", "accuracy")] == "pass"
     assert verdicts[("int8-intel", "accuracy")] == "not_evaluated" or "intel" in results["host"]["platforms"]
@@ -93,7 +94,7 @@ def test_a_conftest_gate_is_a_gate_like_the_built_in_ones(tmp_path: Path) -> Non
     listed = collected(pytest_in(tmp_path, "-m", "p95_latency", "--collect-only", "-q"))
     assert listed == ["certify.toml::tiny/int8::p95_latency"]
     done = pytest_in(tmp_path, "-m", "p95_latency or accuracy", "--certify-run-id", "mine", "--certify-dev-key")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 6, done.stdout + done.stderr  # passed, but edge-default's other gates did not run
     assert "p95_latency" in done.stdout.split("certification summary")[1]  # a column of the matrix
     run = tmp_path / "reports" / "mine"
     results = json.loads((run / "results.json").read_text())
@@ -109,6 +110,19 @@ def test_a_conftest_gate_is_a_gate_like_the_built_in_ones(tmp_path: Path) -> Non
     certified = next(c for c in statement["predicate"]["candidates"] if c["case"] == "tiny/int8")
     assert keyid and certified["gates"]["p95_latency"]["verdict"] == "pass"
     assert "p95_latency" in (run / "report.html").read_text()
+
+
+def test_a_conftest_gate_marked_required_is_required_for_certification(tmp_path: Path) -> None:
+    """A project's own gate with GateSpec(required=True) joins the policy's required gates (here: accuracy)."""
+    tiny_project(tmp_path)
+    (tmp_path / "certify.toml").write_text(PLAN + candidate("int8", "int8.onnx", extra=ACCURACY_ONLY))
+    (tmp_path / "conftest.py").write_text(USER_GATE.replace("exclusive=True,", "exclusive=True, required=True,"))
+    without = pytest_in(tmp_path, "-m", "accuracy", "--certify-run-id", "without")
+    results = json.loads((tmp_path / "reports" / "without" / "results.json").read_text())
+    assert without.returncode == 6 and results["left_out"] == {"tiny/int8": ["p95_latency"]}, without.stdout
+    assert results["required"]["tiny/int8"] == ["accuracy", "p95_latency"]
+    both = pytest_in(tmp_path, "-m", "accuracy or p95_latency", "--certify-run-id", "both")
+    assert both.returncode == 0 and "CERTIFIED" in both.stdout, both.stdout
 
 
 def test_a_conftest_gate_that_fails_or_breaks_says_so(tmp_path: Path) -> None:
@@ -130,7 +144,7 @@ def test_a_conftest_gate_that_fails_or_breaks_says_so(tmp_path: Path) -> None:
 def test_pytest_xdist_spreads_the_plan_file_and_keeps_one_run_folder(project: Path) -> None:
     pytest.importorskip("xdist")
     done = pytest_in(project, "-n", "2", "-m", "security", "--certify-run-id", "xdist")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 6, done.stdout + done.stderr  # security alone certifies nothing
     results = json.loads((project / "reports" / "xdist" / "results.json").read_text())
     assert sorted(c["case"] for c in results["cases"]) == ["tiny/int8", "tiny/int8-intel"]
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import Outcome, run_certification
-from tests.helpers.models import PLAN, build_mlp, candidate, tiny_project
+from tests.helpers.models import ACCURACY_ONLY, PLAN, build_mlp, candidate, tiny_project
 
 pytest.importorskip("onnxruntime")
+
+RELEASE_POLICY = 'policy = { name = "edge-default", required_gates = ["accuracy"] }\n'  # this team's release rule
 
 
 def certify(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -24,11 +26,14 @@ def certify(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def signed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Outcome]:
-    """Accuracy certified on two candidates, one good and one a different (wrong) model, signed with a key."""
+    """Accuracy certified on two candidates, one good and one a different (wrong) model, signed with a key; the
+    plan requires only the accuracy gate of them, and the release checks them against that policy by name."""
     folder = tiny_project(tmp_path_factory.mktemp("release"))
     build_mlp(folder / "wrong.onnx", seed=7)
     plan = folder / "certify.toml"
-    plan.write_text(PLAN + candidate("int8", "int8.onnx") + candidate("wrong", "wrong.onnx"))
+    plan.write_text(PLAN + candidate("int8", "int8.onnx", extra=ACCURACY_ONLY)
+                    + candidate("wrong", "wrong.onnx", extra=ACCURACY_ONLY))
+    (folder / "accuracy-release.toml").write_text(RELEASE_POLICY)
     done = certify("keygen", "--out", "keys/release.key", cwd=folder)
     assert done.returncode == 0 and "key id:" in done.stdout, done.stderr
     outcome = run_certification(folder, plan, "-k", "accuracy", "--certify-sign-key", "keys/release.key",
@@ -63,10 +68,14 @@ def test_the_private_key_is_in_no_output(signed_run: tuple[Path, Outcome]) -> No
 def test_verify_is_the_release_gate(signed_run: tuple[Path, Outcome]) -> None:
     folder, outcome = signed_run
     cert, pub = str(outcome.run_dir / "certificate.json"), "keys/release.key.pub"
-    ok = certify("verify", cert, "--key", pub, "--model", "int8.onnx", "--require", "accuracy", cwd=folder)
+    ok = certify("verify", cert, "--key", pub, "--model", "int8.onnx", "--policy", "accuracy-release.toml",
+                 cwd=folder)
     assert ok.returncode == 0 and "VERIFIED" in ok.stdout, ok.stdout + ok.stderr
-    missing_gates = certify("verify", cert, "--key", pub, "--model", "int8.onnx", cwd=folder)
-    assert missing_gates.returncode == 1 and "speed, memory, stability (not run)" in missing_gates.stdout
+    default = certify("verify", cert, "--key", pub, "--model", "int8.onnx", cwd=folder)  # against edge-default
+    assert default.returncode == 1 and "required_gates leaves out" in default.stdout, default.stdout
+    missing_gates = certify("verify", cert, "--key", pub, "--model", "int8.onnx", "--policy", "accuracy-release.toml",
+                            "--require", "accuracy", "--require", "speed", cwd=folder)
+    assert missing_gates.returncode == 1 and "speed (not run)" in missing_gates.stdout, missing_gates.stdout
     wrong = certify("verify", cert, "--key", pub, "--model", "wrong.onnx", "--require", "accuracy", cwd=folder)
     assert wrong.returncode == 1 and "verdict is not_certified" in wrong.stdout
     strict = certify("verify", cert, "--key", pub, "--model", "int8.onnx", "--require", "accuracy",
@@ -100,10 +109,11 @@ def test_an_unsigned_run_says_why(tmp_path: Path) -> None:
     plan = tmp_path / "certify.toml"
     plan.write_text(PLAN + candidate("int8", "int8.onnx"))
     outcome = run_certification(tmp_path, plan, "-k", "accuracy", env={"CERTIFY_SIGNING_KEY": ""})
-    assert outcome.returncode == 0, outcome.stdout
+    assert outcome.returncode == 6, outcome.stdout  # nothing failed, but a subset run certifies nothing
     assert not (outcome.run_dir / "certificate.json").exists()
     statement = json.loads((outcome.run_dir / "statement.json").read_text())
-    assert [s["name"] for s in statement["subject"]] == ["tiny/int8"]
+    assert statement["subject"] == [] and statement["predicate"]["verdict"] == "partial"
+    assert statement["predicate"]["candidates"][0]["verdict"] == "partial"
     assert "not signed: no signing key configured" in outcome.stdout
 
 

@@ -56,7 +56,8 @@ def build(folder: Path) -> Path:
     truncated(llama / "tiny-llama-f32.gguf", folder / "half.gguf")
     unsafe.gguf_with_chat_template(folder / "template.gguf", "{{ messages }}" * 8000)
     pin = f'sha256 = "{model_digest(folder / "int8.onnx").sha256}"'
-    text = (PLAN + candidate("int8", "int8.onnx", extra=pin) + candidate("ir", "ir/model.xml", "openvino")
+    text = ('policy = { name = "edge-default", required_gates = ["security"] }  # this plan certifies files only\n'
+            + PLAN + candidate("int8", "int8.onnx", extra=pin) + candidate("ir", "ir/model.xml", "openvino")
             + candidate("evil", "evil.onnx") + candidate("escape", "escape/model.onnx")
             + candidate("wrong-pin", "int8.onnx", extra=f'sha256 = "{"0" * 64}"')
             + candidate("ir-cut", "ir-cut/model.xml", "openvino") + candidate("pickle", "mlx-pickle", "mlx")
@@ -132,6 +133,8 @@ def test_without_the_leak_the_good_candidates_are_signed(run: tuple[Path, Outcom
     outcome = run_certification(tmp_path, folder / "certify.toml", "-k", "security and (int8 or ir or f32) and not cut",
                                 "--certify-sign-key", str(folder / "keys" / "release.key"),
                                 env={"PYTHONPATH": REPO, "MY_API_TOKEN": TOKEN})
-    assert outcome.returncode == 0, outcome.stdout
+    assert outcome.returncode == 0, outcome.stdout  # (their policy requires the security gate only)
     assert {c for c, _ in outcome.verdicts()} == {"int8", "ir", "f32"}
     assert (outcome.run_dir / "certificate.json").is_file() and not (outcome.run_dir / "statement.json").exists()
+    assert sorted(outcome.results["candidates"]) == ["llm/f32", "tiny/int8", "tiny/ir"]
+    assert set(outcome.results["candidates"].values()) == {"certified"}

@@ -75,6 +75,9 @@ framework = "onnxruntime"
 """
 
 
+ACCURACY_ONLY = 'policy = { required_gates = ["accuracy"] }'  # a candidate whose plan requires the accuracy gate only
+
+
 def candidate(name: str, path: str, framework: str = "onnxruntime", extra: str = "") -> str:
     return f'\n[[models.candidates]]\nname = "{name}"\npath = "{path}"\nframework = "{framework}"\n{extra}\n'
 

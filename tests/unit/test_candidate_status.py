@@ -81,3 +81,21 @@ def test_the_exit_status_is_zero_only_when_every_candidate_is_certified() -> Non
     assert exit_status(1, results(entries("m/a", {"accuracy": FAIL}))) == 1  # pytest's own codes stand
     assert exit_status(2, results(entries("m/a", {"accuracy": PASS}), complete=False)) == 2
     assert len({0, 1, 2, EXIT_NOT_CERTIFIED, EXIT_NOTHING_EVALUATED, 3, 4, 5}) == 8  # distinct from pytest's
+
+
+def test_a_candidate_an_interrupted_run_never_reached_is_incomplete_not_absent() -> None:
+    required = {"m/a": ["accuracy"], "m/b": ["accuracy"]}
+    reached = entries("m/a", {"accuracy": PASS})
+    assert candidate_verdicts(reached, required, complete=False) == {"m/a": CERTIFIED, "m/b": INCOMPLETE}
+    assert candidate_verdicts(reached, required, complete=True) == {"m/a": CERTIFIED}  # m/b was not selected
+
+
+def test_an_interrupted_run_certifies_no_subject(tmp_path: Any) -> None:
+    from certify.report.certificate import build_statement
+    from tests.helpers.certificates import all_pass, results_doc
+
+    done = results_doc(tmp_path, all_pass("good"))
+    assert [s["name"] for s in build_statement(done, [])["subject"]] == ["m/good"]
+    stopped = results_doc(tmp_path, all_pass("good"), complete=False)
+    statement = build_statement(stopped, [])
+    assert statement["subject"] == [] and statement["predicate"]["verdict"] == INCOMPLETE

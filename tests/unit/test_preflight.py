@@ -170,15 +170,15 @@ def plan_text(noise: str) -> str:
     return PLAN.replace("threads = 1", f"threads = 1\nnoise = {noise}") + candidate("int8", "int8.onnx")
 
 
-def test_plan_measure_noise_defaults_to_warn_and_is_validated(project: Path) -> None:
+def test_plan_measure_noise_defaults_to_wait_and_is_validated(project: Path) -> None:
     (project / "certify.toml").write_text(plan_text('"refuse"'))
     assert load_plan(project / "certify.toml").measure.noise == "refuse"
-    assert Measure().noise == "warn"
+    assert Measure().noise == "wait" and Measure().noise_wait_s == 120.0
     (project / "certify.toml").write_text(plan_text('"refuse-it"'))
     with pytest.raises(PlanError) as info:
         load_plan(project / "certify.toml")
     assert info.value.key == "measure.noise" and "did you mean 'refuse'" in info.value.message
-    assert "'warn', 'refuse' or 'ignore'" in info.value.message and "ERROR" in info.value.hint
+    assert "'wait', 'refuse', 'warn' or 'ignore'" in info.value.message and "ERROR" in info.value.hint
     (project / "certify.toml").write_text(plan_text("1"))
     with pytest.raises(PlanError, match="expected str"):
         load_plan(project / "certify.toml")
@@ -257,7 +257,8 @@ def test_a_noisy_host_widens_a_real_speed_run_and_records_it(
     measure = Measure(warmup_iterations=5, min_iterations=20, max_iterations=10**8, min_duration_s=0.2,
                       max_duration_s=0.3, bootstrap_resamples=200, threads=1)
     run = speed.measure_speed(refs[0], refs[1], {"": np.zeros((1, 16), np.float32)}, measure, 1.0, 0.95)
-    assert run["preflight"]["noise"] == "noisy" and run["preflight"]["option"] == "warn"
+    assert run["preflight"]["noise"] == "noisy" and run["preflight"]["option"] == "wait"
+    assert run["conditions"]["noise"] == "noisy" and run["preflight_after"]["noise"] == "noisy"
     assert run["preflight"]["widened"]["max_duration_s"] == [0.3, 0.6]
     assert run["bounds"]["max_duration_s"] == 0.6 and run["bounds"]["min_duration_s"] == 0.6
     assert run["duration_s"] >= 0.6 and run["stop_reason"] in ("max_duration", "max_iterations") and "energy" in run
@@ -275,3 +276,100 @@ def test_a_tight_iteration_cap_still_leaves_the_rounds_a_decision_needs(
     run = speed.measure_speed(refs[0], refs[1], {"": np.zeros((1, 16), np.float32)}, measure, 1.0, 0.95)
     assert run["block_iterations"] <= 320 // (2 * speed.MIN_ROUNDS_TO_DECIDE)  # a µs model would get ~1000s
     assert run["rounds"] >= speed.MIN_ROUNDS_TO_DECIDE or run["stop_reason"] == "decisive"
+
+
+# --- noise = "wait" (the default): wait for quiet, and too-noisy evidence is not judged -----------------------
+
+
+def conditions_of(noise: str, option: str = "wait", waited: float = 0.0) -> dict[str, Any]:
+    return preflight.conditions({**record_of(noise, option), "others_cpu_share": 0.7, "waited_s": waited}, None)
+
+
+class FakeClock:
+    """Sleeping advances it: a wait of minutes in no time."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 0.0, []  # type: ignore[var-annotated]
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept.append(seconds)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wait_rechecks_until_the_host_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    levels = iter([loop(robust_cv=0.3, p90_over_p50=2.6), loop(robust_cv=0.3, p90_over_p50=2.6), loop()])
+    monkeypatch.setattr(preflight, "calibrate", lambda *a, **k: next(levels))
+    clock = FakeClock()
+    slept = clock.slept
+    settled = preflight.settle(Measure(noise_wait_s=60.0), 0.95, sleep=clock.sleep, clock=clock)
+    assert settled["noise"] == "quiet" and settled["checks"] == 3 and slept == [preflight.RECHECK_S] * 2
+
+
+def test_wait_gives_up_after_noise_wait_s_and_refuse_or_warn_never_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preflight, "calibrate", too_noisy_loop)
+    clock = FakeClock()
+    settled = preflight.settle(Measure(noise_wait_s=12.0), 0.95, sleep=clock.sleep, clock=clock)
+    assert settled["noise"] == "too_noisy" and settled["checks"] == 3 and clock.slept == [5.0, 5.0]  # +5 > 12
+    assert 9.0 < settled["waited_s"] <= 10.0  # less the last check's own time
+    for option in ("refuse", "warn", "ignore"):
+        clock = FakeClock()
+        assert preflight.settle(Measure(noise=option), 0.95, sleep=clock.sleep, clock=clock)["checks"] == 1
+        assert not clock.slept
+
+
+def test_conditions_take_the_worse_of_before_and_after() -> None:
+    found = preflight.conditions(record_of("quiet", "wait"), {**record_of("too_noisy"), "others_cpu_share": 0.7})
+    assert found["noise"] == "too_noisy" and found["others_cpu_share"] == 0.7 and found["noise_option"] == "wait"
+    assert preflight.conditions(record_of("noisy"), None)["noise"] == "noisy"
+
+
+@pytest.mark.parametrize("gate", ["speed", "stability"])
+def test_a_pass_measured_too_noisy_is_an_error_that_keeps_its_figures(gate: str) -> None:
+    run = {**speed_run({**record_of("too_noisy"), "widened": {}}), "conditions": conditions_of("too_noisy", waited=120)}
+    run["candidate"]["drift"] = run["baseline"]["drift"] = 0.0
+    judge = speed_gate if gate == "speed" else stability_gate
+    result = judge(run, POLICIES["edge-default"], "")  # type: ignore[operator]
+    assert result.verdict == verdict.ERROR and result.value is not None, result
+    assert result.reason.startswith("not judged: the host was too noisy while measuring after waiting 120 s for "
+                                    "quiet (calibration robust CV 0.2 >= 0.1; ...; other processes held 70% of the "
+                                    "cores): the figure is kept in the evidence but cannot certify; measured: ")
+    assert result.details["conditions"]["noise"] == "too_noisy" and "noise_wait_s" in result.hint
+
+
+def test_warn_lets_a_too_noisy_pass_stand_and_a_noisy_host_is_judged() -> None:
+    base = speed_run({**record_of("too_noisy", "warn"), "widened": {}})
+    warned = speed_gate({**base, "conditions": conditions_of("too_noisy", "warn")}, POLICIES["edge-default"], "")
+    assert warned.verdict == verdict.PASS and warned.details["conditions"]["noise"] == "too_noisy"
+    noisy = speed_gate({**base, "conditions": conditions_of("noisy")}, POLICIES["edge-default"], "")
+    assert noisy.verdict == verdict.PASS
+
+
+def test_the_matrix_cell_shows_the_host_noise() -> None:
+    from certify.report.tables import cell_text
+
+    result = {"verdict": "pass", "value": 3.0, "interval": [2.8, 3.2], "comparison": ">=", "unit": "x",
+              "details": {"conditions": conditions_of("noisy")}}
+    assert cell_text(result) == "PASS 3.00x [2.80x] (noisy)"
+    assert cell_text({**result, "verdict": "error", "details": {"conditions": conditions_of("too_noisy")}}) == \
+        "ERROR (too noisy)"
+    assert cell_text({**result, "details": {}}) == "PASS 3.00x [2.80x]"
+
+
+def test_wait_on_a_host_that_stays_too_noisy_measures_and_errors_for_real(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from certify.cases import cases_for
+    from certify.hardware import detect_host
+    from certify.runner import CertificationRun
+
+    (project / "certify.toml").write_text(plan_text('"wait"\nnoise_wait_s = 0.5'))
+    plan = load_plan(project / "certify.toml")
+    monkeypatch.setattr(preflight, "calibrate", too_noisy_loop)
+    monkeypatch.setattr(preflight, "RECHECK_S", 0.1)
+    result, record = CertificationRun(plan, tmp_path / "run", detect_host(), "run").evaluate(
+        cases_for(plan, "speed")[0])
+    assert result.verdict == verdict.ERROR and result.reason.startswith("not judged: the host was too noisy"), result
+    measured = record["measurement"]
+    assert measured["samples"] > 0 and measured["preflight"]["checks"] >= 2 and measured["conditions"]["waited_s"] > 0
