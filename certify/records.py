@@ -51,6 +51,10 @@ class PairedSpeed(TypedDict, total=False):
     bootstrap_interval: list[float]
     window_interval: list[float] | None
     window_speedups: list[float]
+    replicates: int  # fresh worker pairs measured one after the other
+    replicate_speedups: list[float]
+    replicate_interval: list[float] | None
+    replicate_stops: list[str]
     samples: int
     warmup_iterations: int
     baseline: SideTiming

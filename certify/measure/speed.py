@@ -4,12 +4,19 @@ Both models are loaded in their own worker; only one runs at a time. Blocks of i
 A B B A order on identical inputs so slow machine drift hits both sides alike. After the minimum
 duration and iteration count the run stops as soon as the speedup interval clears the threshold on
 either side (decisive), or when the maximum duration or iteration count is reached.
+
+A run is ``measure.replicates`` such pairs of fresh worker processes, one after the other, each with its share
+of the bounds: a process's own state (where its buffers landed, which core its threads took) shifts one model's
+speed for as long as the process lives, and within one pair that shift looks like signal. The interval is the
+widest of three: a block bootstrap that resamples replicates and then blocks within each (hierarchical, in the
+manner of Kalibera & Jones), a t interval over the consecutive windows' speedups (host states lasting seconds),
+and a t interval over the replicates' speedups (between processes).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,8 +31,9 @@ REWARM_SHARE = 0.1  # untimed iterations at the start of each block, to refill c
 CHECK_EVERY_S = 0.5  # how often to test for a decisive verdict
 INTERIM_RESAMPLES = 400
 MIN_ROUNDS_TO_DECIDE = 8  # 16 blocks a side: too few blocks make a block bootstrap overconfident
-INTERVAL_METHOD = (f"the wider of a paired block bootstrap and a t interval over {stats.WINDOWS} consecutive "
-                   "windows' speedups")
+MIN_REPLICATE_ROUNDS = 2  # and each replicate at least 4 blocks a side, for its own speedup
+INTERVAL_METHOD = ("the widest of a hierarchical block bootstrap (replicates, then blocks), a t interval over "
+                   f"{stats.WINDOWS} consecutive windows' speedups and a t interval over the replicates' speedups")
 
 
 @dataclass
@@ -34,7 +42,8 @@ class SpeedRun:
     candidate_ns: list[np.ndarray] = field(default_factory=list)
     block: int = 1  # timed iterations per block
     rewarm: int = 1  # untimed iterations before each block
-    rounds: int = 0
+    rounds: int = 0  # of the replicate being measured
+    starts: list[int] = field(default_factory=list)  # the first block of each replicate
     mode: str = "infer"  # what one iteration is: an inference, or one generated token ("decode")
     meter: energy.Meter | None = None  # energy counters read around each block, where the host has any
     energy_problem: str = ""  # why energy is not reported, when a counter failed during the run
@@ -70,30 +79,29 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
     ``mode = "decode"`` times language-model generation: one iteration is one token appended to the context.
     Raises ``preflight.HostTooNoisy`` when the host is too noisy and the plan says ``measure.noise = "refuse"``."""
     measure, checked, meter, no_energy = _host_check(measure, confidence)
-    with WorkerClient("baseline", baseline, measure.timeout_s) as a, \
-            WorkerClient("candidate", candidate, measure.timeout_s) as b:
-        loaded = {"baseline": a.call("load", ref=baseline), "candidate": b.call("load", ref=candidate)}
-        for worker in (a, b):
-            worker.call("feeds", key="speed", arrays=feeds)
-        warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations, mode=mode))
-                for w in (a, b)]
-        # ~0.1 s blocks, but small enough that max_iterations still allows the rounds a decision needs
-        block = max(1, min(int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)),
-                           measure.max_iterations // (2 * MIN_ROUNDS_TO_DECIDE)))
-        run = SpeedRun(block=block, rewarm=max(1, int(block * REWARM_SHARE)), mode=mode, meter=meter)
-        started = time.monotonic()
-        stop = _interleave(a, b, run, measure, threshold, confidence, started)
-        elapsed = time.monotonic() - started
+    run, replicates = SpeedRun(mode=mode, meter=meter), max(1, measure.replicates)
+    stops: list[str] = []
+    loaded: dict[str, Any] = {}
+    share = _share(measure, replicates)
+    started = time.monotonic()
+    for _ in range(replicates):
+        loaded, stop = _replicate(baseline, candidate, feeds, (measure, share), run, threshold, confidence)
+        stops.append(stop)
+    elapsed, stop = time.monotonic() - started, stops[-1] if len(set(stops)) == 1 else ",".join(stops)
+    block = run.block
     after = preflight.run_preflight(measure.noise, confidence)  # the host may have changed during the run
     base_ns, cand_ns = run.arrays()
     found = stats.speedup(base_ns, cand_ns, resamples=measure.bootstrap_resamples, seed=measure.seed,
-                          confidence=confidence, block=run.block)
+                          confidence=confidence, block=run.block, starts=run.starts)
     return {
         "speedup": found.value, "interval": list(found.interval), "confidence": confidence, "stop_reason": stop,
-        "duration_s": elapsed, "rounds": run.rounds, "block_iterations": block, "order": "ABBA", "mode": mode,
+        "duration_s": elapsed, "rounds": len(run.baseline_ns) // 2, "block_iterations": block, "order": "ABBA",
+        "mode": mode,
         "bootstrap": "paired blocks", "block_rewarm_iterations": run.rewarm,
         "interval_method": INTERVAL_METHOD, "bootstrap_interval": list(found.bootstrap),
         "window_interval": list(found.windows) if found.windows else None, "window_speedups": found.window_ratios,
+        "replicates": len(run.starts), "replicate_speedups": found.replicate_ratios,
+        "replicate_interval": list(found.replicates) if found.replicates else None, "replicate_stops": stops,
         "samples": int(base_ns.size), "warmup_iterations": measure.warmup_iterations,
         "baseline": {"latency": stats.summarize(base_ns), "drift": stats.drift(base_ns), **_where(loaded["baseline"])},
         "candidate": {"latency": stats.summarize(cand_ns), "drift": stats.drift(cand_ns),
@@ -104,6 +112,36 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         "bounds": {"min_duration_s": measure.min_duration_s, "max_duration_s": measure.max_duration_s,
                    "min_iterations": measure.min_iterations, "max_iterations": measure.max_iterations},
     }
+
+
+def _share(measure: Measure, replicates: int) -> Measure:
+    """Each replicate's bounds: its share of the run's duration and iteration bounds."""
+    return replace(measure, min_duration_s=measure.min_duration_s / replicates,
+                   max_duration_s=measure.max_duration_s / replicates,
+                   min_iterations=max(1, measure.min_iterations // replicates),
+                   max_iterations=max(1, measure.max_iterations // replicates))
+
+
+def _replicate(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndarray],
+               bounds: tuple[Measure, Measure], run: SpeedRun, threshold: float, confidence: float
+               ) -> tuple[dict[str, Any], str]:
+    """One pair of fresh workers measured into ``run`` within its share of the run's bounds (the first pair sets
+    the block size from the whole run's); the load answers and why it stopped."""
+    whole, measure = bounds
+    with WorkerClient("baseline", baseline, measure.timeout_s) as a, \
+            WorkerClient("candidate", candidate, measure.timeout_s) as b:
+        loaded = {"baseline": a.call("load", ref=baseline), "candidate": b.call("load", ref=candidate)}
+        for worker in (a, b):
+            worker.call("feeds", key="speed", arrays=feeds)
+        warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations, mode=run.mode))
+                for w in (a, b)]
+        if not run.starts:  # ~0.1 s blocks, but small enough that max_iterations still allows a decision's rounds
+            run.block = max(1, min(int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)),
+                                   whole.max_iterations // (2 * MIN_ROUNDS_TO_DECIDE)))
+            run.rewarm = max(1, int(run.block * REWARM_SHARE))
+        run.starts.append(len(run.baseline_ns))
+        run.rounds = 0
+        return loaded, _interleave(a, b, run, measure, threshold, confidence, time.monotonic())
 
 
 def _host_check(measure: Measure, confidence: float) -> tuple[Measure, Preflight, energy.Meter | None, str]:
@@ -133,7 +171,8 @@ def _interleave(a: WorkerClient, b: WorkerClient, run: SpeedRun, measure: Measur
             return "max_iterations"
         if elapsed >= measure.max_duration_s:
             return "max_duration"
-        if elapsed < measure.min_duration_s or n < measure.min_iterations or run.rounds < MIN_ROUNDS_TO_DECIDE:
+        if elapsed < measure.min_duration_s or n < measure.min_iterations or run.rounds < MIN_REPLICATE_ROUNDS \
+                or len(run.baseline_ns) // 2 < MIN_ROUNDS_TO_DECIDE:
             continue
         if time.monotonic() - last_check >= CHECK_EVERY_S or last_check == started:
             last_check = time.monotonic()
@@ -156,7 +195,7 @@ def _block(worker: WorkerClient, role: str, run: SpeedRun) -> None:
 def _decisive(run: SpeedRun, threshold: float, confidence: float, seed: int) -> bool:
     base_ns, cand_ns = run.arrays()
     low, high = stats.speedup(base_ns, cand_ns, resamples=INTERIM_RESAMPLES, seed=seed, confidence=confidence,
-                              block=run.block).interval
+                              block=run.block, starts=run.starts).interval
     return low >= threshold or high < threshold
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -108,13 +110,29 @@ def _quantiles(blocks: np.ndarray) -> np.ndarray:
 
 
 def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile by the Cornish-Fisher expansion of the normal one (Abramowitz & Stegun 26.7.5):
-    within 0.3% of the exact value for ``df`` >= 4 at the quantiles confidence intervals use (0.95-0.995)."""
+    """Student's t quantile: exact for 1 and 2 degrees of freedom (closed forms), by bisection of the closed-form
+    distribution function for 3, else by the Cornish-Fisher expansion of the normal one (Abramowitz & Stegun
+    26.7.5): within 0.3% of the exact value for ``df`` >= 4 at the quantiles confidence intervals use (0.95-0.995)."""
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    if df == 3:
+        return _bisect(lambda x: 0.5 + (x / (math.sqrt(3) * (1 + x * x / 3)) + math.atan(x / math.sqrt(3)))
+                       / math.pi, p)
     z = NormalDist().inv_cdf(p)
     terms = ((z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
              (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
              (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
     return z + float(sum(term / df ** (power + 1) for power, term in enumerate(terms)))
+
+
+def _bisect(cdf: Callable[[float], float], p: float, lo: float = -1e3, hi: float = 1e3) -> float:
+    """The x where an increasing ``cdf`` reaches ``p``."""
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
 
 
 def _window_ratios(a: np.ndarray, b: np.ndarray) -> list[float]:
@@ -144,23 +162,72 @@ def window_interval(ratios: list[float], confidence: float) -> tuple[float, floa
 
 @dataclass(frozen=True)
 class Speedup:
-    """A paired run's speedup: the ratio of medians, and the wider of its block-bootstrap and window intervals."""
+    """A paired run's speedup: the ratio of medians, and the widest of its (hierarchical) block-bootstrap, window
+    and replicate intervals."""
 
     value: float
     interval: tuple[float, float]
     bootstrap: tuple[float, float]
     windows: tuple[float, float] | None
     window_ratios: list[float]
+    replicates: tuple[float, float] | None = None
+    replicate_ratios: list[float] = field(default_factory=list)
 
 
 def speedup(baseline: np.ndarray, candidate: np.ndarray, *, resamples: int, seed: int, confidence: float,
-            block: int = 1) -> Speedup:
+            block: int = 1, starts: list[int] | None = None) -> Speedup:
+    """The paired run's speedup and its interval: the widest of the hierarchical block bootstrap (replicates, then
+    blocks within them), the windows' t interval and the replicates' t interval. ``starts``: the first block of
+    each replicate (one replicate when not given)."""
     a, b = _paired_blocks(baseline, candidate, block)
-    value, boot = _block_bootstrap(a, b, resamples=resamples, seed=seed, confidence=confidence)
+    groups = _replicate_slices(starts or [0], len(a))
+    value = float(np.median(a) / np.median(b))
+    boot = hierarchical_bootstrap(a, b, groups, resamples=resamples, seed=seed, confidence=confidence)
     ratios = _window_ratios(a, b)
     windows = window_interval(ratios, confidence)
-    interval = boot if windows is None else (min(boot[0], windows[0]), max(boot[1], windows[1]))
-    return Speedup(value, interval, boot, windows, ratios)
+    per_replicate = [float(np.median(a[g]) / np.median(b[g])) for g in groups]
+    between = replicate_interval(per_replicate, confidence)
+    found = [i for i in (boot, windows, between) if i is not None]
+    interval = (min(i[0] for i in found), max(i[1] for i in found))
+    return Speedup(value, interval, boot, windows, ratios, between, per_replicate)
+
+
+def _replicate_slices(starts: list[int], blocks: int) -> list[slice]:
+    """Each replicate's blocks (a replicate left without a whole block is dropped)."""
+    edges = [*[min(s, blocks) for s in starts], blocks]
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(edges) if hi > lo]
+
+
+def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, groups: list[slice], *, resamples: int, seed: int,
+                           confidence: float) -> tuple[float, float]:
+    """Percentile interval of the ratio of medians under two-level resampling: each resample draws the replicates
+    with replacement, then as many blocks as the run has, each from a drawn replicate (equally often) and within
+    it with replacement. With one replicate it is the plain paired block bootstrap."""
+    a, b = _quantiles(a), _quantiles(b)
+    blocks, width = a.shape
+    first = np.array([g.start for g in groups])
+    count = np.array([g.stop - g.start for g in groups])
+    rng = np.random.default_rng(seed)
+    chunk = max(1, MAX_BOOTSTRAP_CELLS // max(1, blocks * width))
+    parts = []
+    for done in range(0, resamples, chunk):
+        rows = min(chunk, resamples - done)
+        drawn = rng.integers(0, len(groups), size=(rows, len(groups)))
+        which = np.take_along_axis(drawn, rng.integers(0, len(groups), size=(rows, blocks)), axis=1)
+        idx = first[which] + (rng.random((rows, blocks)) * count[which]).astype(np.int64)
+        parts.append(np.median(a[idx].reshape(rows, -1), axis=1) / np.median(b[idx].reshape(rows, -1), axis=1))
+    return percentile_interval(np.concatenate(parts), confidence)
+
+
+def replicate_interval(ratios: list[float], confidence: float) -> tuple[float, float] | None:
+    """A t interval (``len - 1`` degrees of freedom) of the geometric mean of the replicates' speedups: the
+    between-process spread, which no resampling inside one process can see; None with fewer than two."""
+    if len(ratios) < 2:
+        return None
+    logs = np.log(np.asarray(ratios))
+    half = t_quantile(0.5 + confidence / 2.0, len(logs) - 1) * float(logs.std(ddof=1)) / np.sqrt(len(logs))
+    center = float(logs.mean())
+    return float(np.exp(center - half)), float(np.exp(center + half))
 
 
 def paired_statistic(reduce: Callable[[np.ndarray], np.ndarray], base_scores: np.ndarray,

@@ -32,6 +32,7 @@ class Measure:
     timeout_s: float = 300.0
     memory_repeats: int = 3
     bootstrap_resamples: int = 2000
+    replicates: int = 3  # speed runs: fresh worker pairs, one after the other (between-process variance)
     seed: int = 0
     threads: int = 0
     memory_limit_mib: int = 0  # each worker's data-segment limit (RLIMIT_DATA); 0 = none

@@ -212,7 +212,8 @@ def test_block_bootstrap_memory_is_bounded_on_long_runs() -> None:
 # --- speedup: block bootstrap and window interval --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("p", "df", "table"), [(0.975, 4, 2.776), (0.975, 5, 2.571), (0.975, 7, 2.365),
+@pytest.mark.parametrize(("p", "df", "table"), [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 3, 3.182),
+                                                 (0.995, 2, 9.925), (0.995, 3, 5.841), (0.975, 4, 2.776), (0.975, 5, 2.571), (0.975, 7, 2.365),
                                                  (0.975, 30, 2.042), (0.995, 4, 4.604), (0.995, 7, 3.499),
                                                  (0.95, 5, 2.015)])
 def test_t_quantile_matches_the_table(p: float, df: int, table: float) -> None:
@@ -264,3 +265,51 @@ def test_long_blocks_are_resampled_as_quantiles_with_the_same_interval(monkeypat
     exact_point, exact = stats.ratio_of_medians(base, cand, resamples=300, seed=1, confidence=0.95, block=2000)
     assert point == exact_point  # the point estimate always uses every sample
     assert summarized == pytest.approx(exact, rel=0.002)
+
+
+# --- between processes: replicates of fresh worker pairs ---------------------------------------------------
+
+
+def _replicated(rng: np.random.Generator, replicates: int, blocks: int, block: int, spread: float
+                ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Each replicate (a fresh process pair) runs the baseline at its own speed: the process's offset, log-normal
+    with ``spread``, lasts the whole replicate (where its buffers landed, the core its threads took)."""
+    base, cand, starts = [], [], []
+    for r in range(replicates):
+        starts.append(r * blocks)
+        offset = rng.lognormal(0, spread)
+        base.append(3e5 * offset * rng.lognormal(0, 0.03, blocks * block))
+        cand.append(1e5 * rng.lognormal(0, 0.03, blocks * block))
+    return np.concatenate(base), np.concatenate(cand), starts
+
+
+def test_replicates_cover_the_truth_when_each_process_has_its_own_speed() -> None:
+    """A host whose processes differ by ~5%: one pair's interval (blocks, windows) misses the long-run speedup
+    most of the time; three replicates' interval covers it near the nominal 95%."""
+    covered = {"one pair": 0, "replicates": 0}
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        base, cand, starts = _replicated(rng, 3, 12, 100, 0.05)
+        single = stats.speedup(base[:1200], cand[:1200], resamples=300, seed=seed, confidence=0.95, block=100)
+        found = stats.speedup(base, cand, resamples=300, seed=seed, confidence=0.95, block=100, starts=starts)
+        covered["one pair"] += single.interval[0] <= 3.0 <= single.interval[1]
+        covered["replicates"] += found.interval[0] <= 3.0 <= found.interval[1]
+        assert len(found.replicate_ratios) == 3 and found.replicates is not None
+    assert covered["one pair"] <= 16
+    assert covered["replicates"] >= 36
+
+
+def test_replicates_of_one_process_speed_cost_little_width() -> None:
+    rng = np.random.default_rng(3)
+    base, cand, starts = _replicated(rng, 3, 12, 100, 0.0)
+    found = stats.speedup(base, cand, resamples=300, seed=0, confidence=0.95, block=100, starts=starts)
+    assert found.interval[0] <= 3.0 <= found.interval[1] and found.interval[1] / found.interval[0] < 1.06
+
+
+def test_one_replicate_is_the_plain_block_bootstrap() -> None:
+    rng = np.random.default_rng(4)
+    base, cand = 3e5 * rng.lognormal(0, 0.05, 1600), 1e5 * rng.lognormal(0, 0.05, 1600)
+    plain = stats.speedup(base, cand, resamples=300, seed=2, confidence=0.95, block=100)
+    assert plain.replicates is None and plain.replicate_ratios == [pytest.approx(plain.value)]
+    point, interval = stats.ratio_of_medians(base, cand, resamples=300, seed=2, confidence=0.95, block=100)
+    assert plain.value == point and plain.bootstrap == pytest.approx(interval, rel=0.02)
