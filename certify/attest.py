@@ -164,9 +164,9 @@ def open_envelope(envelope: dict[str, Any], trusted: dict[str, Ed25519PublicKey]
         raise VerificationError("signature", "the certificate is not signed")
     keyid = _verified_by(signatures, trusted, pae(PAYLOAD_TYPE, payload))
     try:
-        statement = json.loads(payload)
-    except ValueError:
-        raise VerificationError("statement-type", "the signed payload is not JSON") from None
+        statement = parse_json(payload)
+    except ValueError as exc:
+        raise VerificationError("statement-type", f"the signed payload is not JSON this tool reads ({exc})") from None
     return check_statement(statement), keyid
 
 
@@ -199,13 +199,53 @@ def check_statement(statement: Any) -> dict[str, Any]:
     return statement
 
 
-def read_json(path: Path, what: str) -> Any:
+class UnreadableJSON(CertifyError):
+    """A file that is there but is not JSON this tool reads: not JSON, larger than ``MAX_JSON_BYTES`` or nested
+    deeper than ``MAX_JSON_DEPTH`` (a refusal of the file's content, not a usage error)."""
+
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # a certificate of hundreds of candidates is a few MiB
+MAX_JSON_DEPTH = 64  # a certificate nests about ten levels; far deeper is an attack on the parser, never a record
+
+
+def parse_json(data: bytes | str) -> Any:
+    """JSON no deeper than ``MAX_JSON_DEPTH``; ValueError (with its reason) otherwise, never a RecursionError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in ``value`` (walked without recursion; stops past the limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of at most ``MAX_JSON_BYTES``: CertifyError when it cannot be read, UnreadableJSON when its
+    content is not JSON, too large or too deep."""
+    hint = "give the certificate.json of a run"
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_JSON_BYTES + 1)
     except OSError as exc:
-        raise CertifyError(f"{what} {path}: {exc.strerror}", hint="give the certificate.json of a run") from None
+        raise CertifyError(f"{what} {path}: {exc.strerror}", hint=hint) from None
+    if len(data) > MAX_JSON_BYTES:
+        raise UnreadableJSON(f"{what} {path} is larger than {MAX_JSON_BYTES / 2**20:g} MiB: not a "
+                             "certificate this tool wrote", hint=hint)
+    try:
+        return parse_json(data)
     except ValueError as exc:
-        raise CertifyError(f"{what} {path} is not JSON ({exc})", hint="give the certificate.json of a run") from None
+        raise UnreadableJSON(f"{what} {path} is not JSON this tool reads ({exc})", hint=hint) from None
 
 
 def read_unverified(path: Path) -> tuple[dict[str, Any], str | None]:
@@ -214,7 +254,7 @@ def read_unverified(path: Path) -> tuple[dict[str, Any], str | None]:
     data = read_json(path, "certificate")
     if isinstance(data, dict) and "payload" in data:
         try:
-            statement = json.loads(base64.b64decode(str(data["payload"]), validate=True))
+            statement = parse_json(base64.b64decode(str(data["payload"]), validate=True))
         except (binascii.Error, ValueError):
             raise CertifyError(f"certificate {path} has an unreadable payload", hint="it was damaged") from None
         keyid = next((str(s.get("keyid")) for s in data.get("signatures", []) if isinstance(s, dict)), None)

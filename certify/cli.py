@@ -112,10 +112,11 @@ def cmd_keygen(ns: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace, extra: list[str]) -> int:
-    from certify.verify import Request, verify
+    from certify.verify import DEFAULT_MAX_AGE_DAYS, Request, verify
 
+    max_age = getattr(ns, "max_age", DEFAULT_MAX_AGE_DAYS)  # absent: the default; None: --max-age none
     req = Request(Path(ns.certificate), [Path(k) for k in ns.key], [Path(m) for m in ns.model], ns.policy,
-                  ns.require, ns.max_age, ns.allow_dev_key)
+                  ns.require, max_age, ns.allow_dev_key, ns.allow_noisy)
     outcome = verify(req)
     if ns.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -221,19 +222,42 @@ def _fleet_parsers(sub: Any) -> None:
 
 
 def _verify_parser(sub: Any) -> None:
-    verify = sub.add_parser("verify", help="the release gate: exit 0 only when the certificate can be trusted")
+    def max_age(text: str) -> float | None:
+        if text.lower() == "none":
+            return None
+        try:
+            days = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of days or 'none'") from None
+        if not days > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: the max age must be positive days (or 'none')")
+        return days
+
+    verify = sub.add_parser("verify", help="the release gate: exit 0 only when the certificate can be trusted",
+                            description="Exit 0 only when the certificate is trusted and everything required of it "
+                            "holds, 1 when it is refused, 2 on a usage error. By default: the signature, a complete "
+                            "run no older than 30 days and not from the future, each candidate's policy at least as "
+                            "strict as the built-in policy of its name, every verdict following from its recorded "
+                            "figures and policy, subjects that are the certified candidates with their digests, "
+                            "required gates passed and not measured on a too-noisy host.")
     verify.add_argument("certificate", metavar="CERT")
     verify.add_argument("--key", action="append", required=True, metavar="PUB", help="trusted public key (repeatable)")
     verify.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="a model file being released: its digest must be a certified subject (repeatable)")
-    verify.add_argument("--policy", metavar="NAME|FILE", help="the certificate's policy must be at least this strict")
+    verify.add_argument("--policy", metavar="NAME|FILE",
+                        help="the certificate's policy must be at least this strict (default: the built-in policy "
+                        "of the name it records; a custom policy is accepted only through this option)")
     verify.add_argument("--require", action="append", metavar="GATE",
                         help=f"gates that must have passed (repeatable; built in: {', '.join(GATE_NAMES)}, or a "
                         "gate a project added; default: the gates the certificate's policy requires, all eight "
                         "for edge-default)")
-    verify.add_argument("--max-age", type=float, metavar="DAYS", help="refuse certificates older than this")
+    verify.add_argument("--max-age", type=max_age, default=argparse.SUPPRESS, metavar="DAYS|none",
+                        help="refuse certificates older than this many days (default: 30; 'none': any age, "
+                        "though one finished in the future is still refused)")
     verify.add_argument("--allow-dev-key", action="store_true",
                         help="accept a certificate signed with a throwaway development key (demos only)")
+    verify.add_argument("--allow-noisy", action="store_true",
+                        help="accept required gates measured while the host was too noisy to judge them")
     verify.add_argument("--json", action="store_true")
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from certify import attest, cli
-from certify.verdict import FAIL, NOT_EVALUATED
-from certify.verify import Request, verify
+from certify.policy import POLICIES
+from certify.verdict import FAIL, NOT_EVALUATED, PASS
+from certify.verify import DEFAULT_MAX_AGE_DAYS, GATE_THRESHOLDS, Request, verify
 from tests.helpers.certificates import all_pass, gate_result, results_doc
 from tests.helpers.signed import write_certificate, write_public_key
 
@@ -29,13 +30,45 @@ def refusals(req: Request) -> dict[str, str]:
     return {c.name: c.detail for c in verify(req).checks if not c.ok}
 
 
+def all_pass_under(policy: str, *names: str) -> dict[str, dict[str, dict[str, object]]]:
+    """Every one of the eight gates passing under ``policy``: each gate that reads a policy threshold records that
+    policy's (as the gates do), with figures that clear it."""
+    gates = all_pass(*names)
+    thresholds = POLICIES[policy].thresholds()
+    for by_gate in gates.values():
+        if thresholds["min_accuracy_retention"] > 0.98:
+            by_gate["accuracy"] = gate_result("accuracy", PASS, 0.995, [0.992, 0.998])
+        for gate, result in by_gate.items():
+            if result["threshold"] is not None:
+                result["threshold"] = thresholds[GATE_THRESHOLDS[gate][0]]
+    return gates
+
+
 def test_a_good_certificate_verifies(tmp_path: Path, keys: tuple[attest.Signer, Path]) -> None:
     signer, public = keys
-    cert = write_certificate(tmp_path / "cert.json", results_doc(tmp_path, all_pass("int8")), signer)
+    gates = all_pass("int8")
+    assert set(gates["int8"]) == set(POLICIES["edge-default"].required_gates)  # all eight gates, each a pass
+    assert {r["verdict"] for r in gates["int8"].values()} == {PASS}
+    cert = write_certificate(tmp_path / "cert.json", results_doc(tmp_path, gates), signer)
     outcome = verify(Request(cert, [public], [tmp_path / "int8.onnx"], "edge-default", max_age_days=1))
     assert outcome.ok, outcome.to_dict()
-    assert {c.name for c in outcome.checks} >= {"signature", "complete", "model", "policy", "gates", "fresh"}
+    assert {c.name for c in outcome.checks} >= {"signature", "complete", "model", "policy", "gates", "fresh",
+                                                "subjects", "verdicts"}
+    assert verify(Request(cert, [public])).ok  # by default: against the built-in policy of its name, 30 days
     assert cli.main(["verify", str(cert), "--key", str(public), "--model", str(tmp_path / "int8.onnx")]) == 0
+
+
+def test_help_says_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["verify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEFAULT_MAX_AGE_DAYS:g};" in text and "--allow-noisy" in text and "'none'" in text
+    assert "built-in policy of the name it records" in text
+    assert cli.build_parser().parse_args(["verify", "c", "--key", "k", "--max-age", "none"]).max_age is None
+    assert cli.build_parser().parse_args(["verify", "c", "--key", "k", "--max-age", "7.5"]).max_age == 7.5
+    for bad in ("soon", "0", "-3"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["verify", "c", "--key", "k", "--max-age", bad])
 
 
 def test_tampered_payload_and_untrusted_key_are_refused(tmp_path: Path, keys: tuple[attest.Signer, Path],
@@ -67,8 +100,8 @@ def test_a_weaker_policy_is_refused_a_stricter_one_accepted(tmp_path: Path, keys
     default = write_certificate(tmp_path / "d.json", results_doc(tmp_path, all_pass("int8")), signer)
     refused = refusals(Request(default, [public], policy="edge-strict"))
     assert "weaker than 'edge-strict'" in refused["policy"] and "min_accuracy_retention 0.95" in refused["policy"]
-    strict = write_certificate(tmp_path / "s.json", results_doc(tmp_path, all_pass("int8"), policy="edge-strict"),
-                               signer)
+    strict = write_certificate(tmp_path / "s.json", results_doc(tmp_path, all_pass_under("edge-strict", "int8"),
+                                                                policy="edge-strict"), signer)
     assert verify(Request(strict, [public], policy="edge-default")).ok
     policy_file = tmp_path / "release-policy.toml"
     policy_file.write_text('[policy]\nname = "edge-default"\nmin_speedup = 3.0\n')
