@@ -6,8 +6,14 @@
   leaves a truncated file that a later step reads as valid.
 - ``cache/``: measurements shared by several cases (the baseline's outputs, a paired speed run), computed
   once per run under a per-key lock, so xdist workers do not repeat them.
-- ``measure.lock``: speed and memory measurements hold it exclusively, everything else shared, so
-  performance numbers never come from cores busy with other work.
+
+The measurement lock is host-wide, not per run folder: ``$CERTIFY_LOCK_DIR/measure.lock``, by default
+``/tmp/edge-certify-<uid>/measure.lock``, the one file every ``certify run`` and pytest session of this user on
+this host takes. Timed gates (speed, memory, stress ...) and recipe builds hold it exclusively, every other
+measurement shared, so performance numbers never come from cores busy with another session's work, nor with
+another xdist worker's. A fixed path, not ``$TMPDIR`` or ``$XDG_RUNTIME_DIR``: those differ between a login shell,
+cron and a CI job of one user, which would split the lock. Exclusive requests queue through a turnstile
+(``measure.lock.queue``), so a stream of overlapping shared holders from several sessions cannot starve them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EVIDENCE_FILE = "evidence.jsonl"
+LOCK_DIR_ENV = "CERTIFY_LOCK_DIR"  # where the host-wide measurement lock lives (a shared mount for containers)
+MEASURE_LOCK = "measure.lock"
 RESULTS_FILE = "results.json"
 
 
@@ -72,6 +81,57 @@ def file_lock(path: Path, *, exclusive: bool = True) -> Iterator[float]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def measurement_lock_path() -> Path:
+    """The host-wide measurement lock: ``$CERTIFY_LOCK_DIR/measure.lock``, else
+    ``/tmp/edge-certify-<uid>/measure.lock``."""
+    override = os.environ.get(LOCK_DIR_ENV)
+    return (Path(override) if override else Path("/tmp") / f"edge-certify-{os.getuid()}") / MEASURE_LOCK
+
+
+def private_dir(folder: Path) -> Path:
+    """``folder``, created 0700 if missing; refused unless it is a real directory owned by this user (in the shared
+    ``/tmp``, another user could otherwise hold or swap the lock under us)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700, parents=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"{folder} is not a directory owned by this user: it cannot hold the measurement "
+                              f"lock; set {LOCK_DIR_ENV} to a directory of yours")
+    return folder
+
+
+_held: dict[int, int] = {}  # measurement locks held now, by process id (a forked child holds none of its own)
+
+
+@contextlib.contextmanager
+def measurement_lock(path: Path, *, exclusive: bool) -> Iterator[float]:
+    """Hold the measurement lock ``path`` (exclusive or shared); yields the seconds spent waiting for it.
+
+    Every request passes a turnstile (an exclusive flock on ``path.queue``) held only until it has the lock itself:
+    an exclusive request waiting for shared holders to leave keeps the turnstile, so no new shared holder enters
+    meanwhile (flock alone grants a shared request at once while others share it, and a writer can wait forever).
+    A process already holding the lock asks again without the turnstile (it would otherwise wait for a writer that
+    waits for it)."""
+    started = time.monotonic()
+    if not os.environ.get(LOCK_DIR_ENV):
+        private_dir(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".queue"), "a+") as turn, open(path, "a+") as handle:
+        pid = os.getpid()
+        if not _held.get(pid):
+            fcntl.flock(turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        _held[pid] = _held.get(pid, 0) + 1
+        try:
+            yield time.monotonic() - started
+        finally:
+            _held[pid] -= 1
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _ends_torn(fd: int) -> bool:
     size = os.fstat(fd).st_size
     return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
@@ -107,7 +167,9 @@ class EvidenceStore:
         return out
 
     def measurement_lock(self, *, exclusive: bool) -> contextlib.AbstractContextManager[float]:
-        return file_lock(self.run_dir / "measure.lock", exclusive=exclusive)
+        """The host-wide measurement lock (``measurement_lock_path``, read from the environment at each call): one
+        for every run on this host, whatever its report folder."""
+        return measurement_lock(measurement_lock_path(), exclusive=exclusive)
 
     def cached_json(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``'s JSON value, computed once per run folder (what every case of a model shares, e.g. the
