@@ -133,10 +133,12 @@ def cmd_report(ns: argparse.Namespace, extra: list[str]) -> int:
 
     run_dir = Path(ns.run_dir)
     signature = rerender(run_dir)
-    print(f"report: {run_dir / HTML_FILE}\nsummary: {run_dir / SUMMARY_FILE}")
+    failed = signature.get("render_errors") or {}
+    for label, name in (("report", HTML_FILE), ("summary", SUMMARY_FILE)):
+        print(f"{label}: {run_dir / name}" if name not in failed else f"{label}: not rendered: {failed[name]}")
     print("signed by key " + str(signature["keyid"]) if signature["signed"] else
           f"not signed: {signature['reason_unsigned']}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_digest(ns: argparse.Namespace, extra: list[str]) -> int:

@@ -14,6 +14,7 @@ class Framework:
     name: str
     backend: str  # "module:Class", imported only when a worker needs it
     install: str  # how to get it
+    folder: bool = False  # a plan's path may name a model folder (else it must name a file)
 
 
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
@@ -28,7 +29,7 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework("llamacpp", "certify.backends.llamacpp:LlamaCppBackend",
               "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"),
     Framework("mlx", "certify.backends.mlx:MlxBackend",
-              "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)"),
+              "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)", folder=True),
 )}
 
 

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from certify.errors import CertifyError
+from certify.errors import CertifyError, first_line
 from certify.measure import batching
-from certify.plan import Dataset, Layout, ModelRef
+from certify.plan import Dataset, Layout, Measure, ModelRef
+
+Arrays = tuple[dict[str, np.ndarray], np.ndarray | None]
 
 
 class DatasetError(CertifyError):
     """The dataset cannot be read or is inconsistent."""
 
 
-def load_dataset(dataset: Dataset, layout: Layout | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def load_dataset(dataset: Dataset, layout: Layout | None = None, timeout_s: float = Measure.timeout_s) -> Arrays:
     """Inputs keyed by model input name and labels; samples counted and limited along each input's batch axis
-    (``layout``, the plan's ``[models.inputs]``); labels hold one row per sample."""
+    (``layout``, the plan's ``[models.inputs]``); labels hold one row per sample. A ``loader`` runs in a child
+    process that has ``timeout_s`` (the plan's ``measure.timeout_s``) to answer."""
     layout = layout or Layout()
     if dataset.path is not None:
         with np.load(dataset.path, allow_pickle=False) as npz:
@@ -27,7 +38,7 @@ def load_dataset(dataset: Dataset, layout: Layout | None = None) -> tuple[dict[s
         where = str(dataset.path)
     else:
         assert dataset.loader is not None
-        inputs, labels = _from_loader(dataset.loader, layout)
+        inputs, labels = _loaded_in_child(dataset.loader, layout, timeout_s)
         where = dataset.loader
     if dataset.limit:
         inputs = batching.select(layout, inputs, slice(0, dataset.limit))
@@ -72,21 +83,87 @@ def speed_batch(inputs: dict[str, np.ndarray], batch_size: int, layout: Layout |
     return batching.first_step(layout, batching.select(layout, inputs, slice(0, batch_size)))
 
 
-def _from_loader(target: str, layout: Layout) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """A ``module:function`` returning or yielding ``(inputs, labels)``; inputs an array or a dict. Yielded parts
-    (batches, or a streaming model's sequences) are joined along each input's batch axis."""
+_FAILED: dict[tuple[str, Layout], DatasetError] = {}  # a loader that failed once is not re-run for each case
+
+
+def _loaded_in_child(target: str, layout: Layout, timeout_s: float) -> Arrays:
+    """``from_loader`` in a child process (``certify.measure.dataset_child``): its crash, signal, hang or exception
+    is this model's DatasetError, never the session's end. A failure is remembered for the process's lifetime."""
+    if (target, layout) in _FAILED:
+        failed = _FAILED[(target, layout)]
+        raise DatasetError(failed.message, hint=failed.hint)
+    try:
+        return _run_child(target, layout, timeout_s)
+    except DatasetError as exc:
+        _FAILED[(target, layout)] = exc
+        raise
+
+
+def _run_child(target: str, layout: Layout, timeout_s: float) -> Arrays:
+    from certify.measure import dataset_child
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    with tempfile.TemporaryDirectory(prefix="certify-dataset-") as tmp:
+        folder = Path(tmp)
+        with (folder / "log").open("w+b") as log:
+            try:
+                code = subprocess.run([sys.executable, "-m", "certify.measure.dataset_child", tmp],
+                                      input=pickle.dumps((target, layout)), stdout=log, stderr=log, env=env,
+                                      timeout=timeout_s, check=False).returncode
+            except subprocess.TimeoutExpired:
+                raise DatasetError(f"dataset loader {target!r} did not return within {timeout_s:g} s; it was "
+                                   "killed", hint="raise measure.timeout_s in the plan if the loader is just slow"
+                                   ) from None
+            log.seek(0)
+            last = first_line("\n".join(reversed(log.read().decode("utf-8", "replace").splitlines())))
+        if (folder / dataset_child.ERROR).is_file():
+            error = json.loads((folder / dataset_child.ERROR).read_text(encoding="utf-8"))
+            raise DatasetError(str(error["message"]), hint=str(error["hint"]))
+        if code != 0 or not (folder / dataset_child.DATA).is_file():
+            raise _crashed(target, code, last)
+        arrays: Arrays = pickle.loads((folder / dataset_child.DATA).read_bytes())
+        return arrays
+
+
+def _crashed(target: str, code: int, last: str) -> DatasetError:
+    module, _, function = target.partition(":")
+    cause = f"crashed ({_signal_name(-code)})" if code < 0 else f"exited with code {code}"
+    if code == -signal.SIGKILL:
+        cause += ", killed from outside: most likely the out-of-memory killer"
+    said = f"; its last output: {last}" if last else ""
+    return DatasetError(f"dataset loader {target!r} {cause} before returning the data{said}",
+                        hint=f"reproduce it alone: python -c 'import {module}; {module}.{function}()'; this model's "
+                        "cases are ERROR, the other models' results are kept")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def from_loader(target: str, layout: Layout) -> Arrays:
+    """Call a ``module:function`` returning or yielding ``(inputs, labels)``, in this process; inputs an array or a
+    dict. Yielded parts (batches, or a streaming model's sequences) are joined along each input's batch axis."""
     module_name, _, attr = target.partition(":")
     try:
         produced: Any = getattr(importlib.import_module(module_name), attr)()
+        batches = [produced] if isinstance(produced, tuple) else list(produced)
     except Exception as exc:
-        raise DatasetError(f"dataset.loader {target!r} failed: {type(exc).__name__}: {exc}",
+        raise DatasetError(f"dataset.loader {target!r} failed: {type(exc).__name__}: {first_line(str(exc))}",
                            hint="the loader must be importable and return (inputs, labels)") from None
-    batches = [produced] if isinstance(produced, tuple) else list(produced)
     if not batches or not all(isinstance(b, tuple) and len(b) == 2 for b in batches):
         raise DatasetError(f"dataset.loader {target!r} must return or yield (inputs, labels) tuples")
     as_dicts = [b[0] if isinstance(b[0], dict) else {"": b[0]} for b in batches]
-    inputs = {k: _joined([np.asarray(d[k]) for d in as_dicts], batching.input_axis(layout, k)) for k in as_dicts[0]}
-    labels = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
+    try:
+        inputs = {k: _joined([np.asarray(d[k]) for d in as_dicts], batching.input_axis(layout, k))
+                  for k in as_dicts[0]}
+        labels = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DatasetError(f"dataset.loader {target!r}: its parts cannot be joined: {type(exc).__name__}: "
+                           f"{first_line(str(exc))}", hint="every part needs the same inputs, shaped alike but for "
+                           "the batch axis") from None
     return inputs, labels
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
@@ -20,6 +21,7 @@ from certify.frameworks import FRAMEWORKS
 from certify.gates.registry import GATE_NAMES
 from certify.hardware import DEVICES, PLATFORMS
 from certify.metrics import METRICS, MetricError, metric_for
+from certify.plan.paths import PathProblem, usable_path
 from certify.plan.types import (
     NOISE_OPTIONS,
     Dataset,
@@ -75,10 +77,33 @@ class _Table:
         if not ok:
             want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise self.error(name, f"expected {want}, got {type(value).__name__} {value!r}")
+        self._check_finite(name, value)
         return value
+
+    def _check_finite(self, name: str, value: Any) -> None:
+        """Every number read from the plan, also one nested in a list or table (metric params, options), is finite:
+        TOML's ``nan`` and ``inf`` compare false with everything, so a check or a threshold would silently pass."""
+        found = _non_finite(value)
+        if found is not None:
+            where, number = found
+            leaf = (name + where).rsplit(".", 1)[-1]
+            use = "a threshold can be compared with" if leaf in THRESHOLD_TYPES else "the harness can use"
+            raise self.error(name + where, f"{number} is not a number {use}", hint="write a finite number")
 
     def sub(self, name: str) -> _Table:
         return _Table(self.get(name, dict), self.file, self.key(name))
+
+
+def _non_finite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """(the key suffix, the number) of the first nan or inf in ``value``, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _read_toml(path: str | Path, what: str) -> tuple[Any, Path, str]:
@@ -371,12 +396,22 @@ def _tensor(table: _Table, name: str, *, inputs: bool) -> Tensor:
     return Tensor(name, None if axis == "none" or value is not None else axis, _freeze(value), dtype)
 
 
-def _existing_path(table: _Table, key: str, base: Path) -> Path:
+def _existing_path(table: _Table, key: str, base: Path, *, folder: bool = False, file_hint: str = "") -> Path:
+    """The path at ``key``, resolved against ``base``: a readable regular file, or (``folder``) a non-empty folder;
+    a symbolic-link loop or a special file (FIFO, device, socket) is refused here, naming the key."""
     relative: str = table.get(key, str)
-    path = (base / relative).resolve()
-    if not path.exists():
-        raise table.error(key, f"file not found: {path}", hint="paths are relative to the plan file's folder")
-    return path
+    try:
+        return usable_path(base, relative, folder=folder, file_hint=file_hint)
+    except PathProblem as exc:
+        raise table.error(key, exc.message, hint=exc.hint) from None
+
+
+def _model_path(table: _Table, base: Path, framework: str) -> Path:
+    """A model's ``path``: a folder only for a framework that takes one (MLX); a third party's backend may."""
+    known = FRAMEWORKS.get(framework)
+    return _existing_path(table, "path", base, folder=known.folder if known else True,
+                          file_hint="name the model file itself (the .onnx, the IR's .xml or the .gguf); only "
+                          + ", ".join(f.name for f in FRAMEWORKS.values() if f.folder) + " takes a folder")
 
 
 def _model_ref(table: _Table, base: Path, threads: int, layout: Layout, *, candidate: bool) -> ModelRef:
@@ -402,7 +437,7 @@ def _model_ref(table: _Table, base: Path, threads: int, layout: Layout, *, candi
                               hint=f"known platforms: {', '.join(PLATFORMS)}")
     ref = ModelRef(
         name=table.get("name", str) if candidate else table.get("name", str, "baseline"),
-        path=None if recipe else _existing_path(table, "path", base),
+        path=None if recipe else _model_path(table, base, framework),
         framework=framework,
         device=device,
         platforms=platforms,
@@ -499,7 +534,8 @@ def _dataset(table: _Table, base: Path) -> Dataset:
                           "'text' (a text file, for language models)")
     if "text" in table.data:
         return _text_dataset(table, base)
-    path = _existing_path(table, "path", base) if "path" in table.data else None
+    path = _existing_path(table, "path", base, file_hint="name the .npz file itself") \
+        if "path" in table.data else None
     loader = table.get("loader", str, None)
     if loader is not None and ":" not in loader:
         raise table.error("loader", f"expected 'module:function', got {loader!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from certify.attest import Signer, public_pem, read_unverified, sign_statement
-from certify.errors import CertifyError
+from certify.errors import CertifyError, first_line
 from certify.evidence import EVIDENCE_FILE, RESULTS_FILE, EvidenceStore, write_json_atomic
 from certify.records import EvidenceRecord
 from certify.report.certificate import build_statement
@@ -65,7 +65,7 @@ def certify_run(run_dir: Path, signer: Signer | None) -> dict[str, Any]:
     complete = bool(results.get("complete"))
     sign_with = signer if complete else None
     statement = build_statement(results, records, dev_key=bool(sign_with and sign_with.dev_key))
-    for stale in (CERTIFICATE_FILE, STATEMENT_FILE, DEV_PUBLIC_KEY):
+    for stale in (CERTIFICATE_FILE, STATEMENT_FILE, DEV_PUBLIC_KEY, HTML_FILE, SUMMARY_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     signature = _signed(run_dir, statement, sign_with) if sign_with else \
         _unsigned(INCOMPLETE if not complete else NO_KEY)
@@ -134,11 +134,26 @@ def rerender(run_dir: Path) -> dict[str, Any]:
 
 def rendered(results: dict[str, Any], records: list[EvidenceRecord], statement: dict[str, Any],
              signature: dict[str, Any]) -> dict[str, str]:
-    """The report and the summary, by file name, not yet written."""
+    """The report and the summary, by file name, not yet written. One that cannot be rendered is left out and
+    named in ``signature["render_errors"]``: a rendering bug never costs the results or the certificate."""
     from certify.report.html import render_html
     from certify.report.markdown import summary
 
-    return {HTML_FILE: render_html(results, records, signature), SUMMARY_FILE: summary(statement, signature)}
+    def html() -> str:
+        return render_html(results, records, signature)
+
+    def markdown() -> str:
+        return summary(statement, signature)
+
+    texts: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for name, render in ((HTML_FILE, html), (SUMMARY_FILE, markdown)):
+        try:
+            texts[name] = render()
+        except Exception as exc:  # any rendering bug: the other outputs are still written
+            errors[name] = f"{type(exc).__name__}: {first_line(str(exc))}"
+    signature["render_errors"] = errors
+    return texts
 
 
 def write_texts(run_dir: Path, texts: dict[str, str]) -> None:

@@ -128,4 +128,12 @@ class CertifyReporter:
             tr.write_line(f"certificate: not signed: {out['reason_unsigned']} (statement: {run_dir}/statement.json)",
                           yellow=True)
         if out and "error" not in out:
-            tr.write_line(f"report: {run_dir}/report.html, summary: {run_dir}/summary.md")
+            from certify.report.publish import HTML_FILE, SUMMARY_FILE
+
+            failed = out.get("render_errors") or {}
+            written = [f"{run_dir}/{name}" for name in (HTML_FILE, SUMMARY_FILE) if name not in failed]
+            if written:
+                tr.write_line(f"report: {', '.join(written)}")
+            for name, error in failed.items():
+                tr.write_line(f"{name} not written (a rendering error; results.json and the certificate are): "
+                              f"{error}", red=True)

@@ -26,3 +26,23 @@ def not_a_tuple() -> list[int]:
 
 def raises() -> None:
     raise RuntimeError("database is down")
+
+
+def hangs() -> None:
+    import time
+
+    time.sleep(120)
+
+
+def exits() -> None:
+    raise SystemExit(2)
+
+
+def chatty() -> tuple[np.ndarray, np.ndarray]:
+    print("loading 4 samples ...")  # a loader's own prints must not corrupt the data it returns
+    return np.zeros((4, 2), dtype=np.float32), np.arange(4)
+
+
+def fails_midway() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    yield np.zeros((2, 2)), np.zeros(2)
+    raise OSError("connection reset")

@@ -36,11 +36,39 @@ def test_limit_applies_to_inputs_and_labels() -> None:
     ("not_a_tuple", "must return or yield (inputs, labels)"),
     ("raises", "RuntimeError: database is down"),
     ("missing_function", "has no attribute 'missing_function'"),
+    ("fails_midway", "OSError: connection reset"),
 ])
 def test_bad_loaders_give_clear_errors(name: str, words: str) -> None:
     with pytest.raises(DatasetError) as info:
         load_dataset(loader(name))
     assert words in info.value.message
+
+
+def test_a_loader_runs_in_a_child_so_its_crash_is_a_dataset_error() -> None:
+    data = Dataset(path=None, loader="os:abort", inputs=(("", "x"),), labels=None)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(data)
+    assert info.value.message.startswith("dataset loader 'os:abort' crashed (SIGABRT)")
+    assert "python -c 'import os; os.abort()'" in info.value.hint
+
+
+def test_a_loader_that_hangs_is_killed_at_the_timeout() -> None:
+    with pytest.raises(DatasetError, match=r"did not return within 0\.5 s; it was killed") as info:
+        load_dataset(loader("hangs"), timeout_s=0.5)
+    assert "measure.timeout_s" in info.value.hint
+
+
+def test_a_loader_that_exits_and_a_failure_is_not_rerun(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DatasetError, match=r"'tests\.helpers\.loaders:exits' exited with code 2"):
+        load_dataset(loader("exits"))
+    monkeypatch.setattr("certify.measure.dataset._run_child", lambda *a: pytest.fail("the loader ran again"))
+    with pytest.raises(DatasetError, match="exited with code 2"):  # the next case of that model: the same error
+        load_dataset(loader("exits"))
+
+
+def test_a_loaders_prints_do_not_corrupt_its_data() -> None:
+    inputs, labels = load_dataset(loader("chatty"))
+    assert inputs[""].shape == (4, 2) and labels is not None and labels.tolist() == [0, 1, 2, 3]
 
 
 def test_npz_and_speed_batch(tmp_path: Path) -> None:
