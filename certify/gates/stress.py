@@ -4,13 +4,16 @@ The load itself runs inside the worker (``certify.measure.load``); this module p
 time, turns the worker's records into figures (``analyse``) and the figures into a verdict (``stress_gate``, a pure
 function). The gate fails on any of: a failed request, p99 latency under load more than ``max_load_p99_ratio`` times
 the p99 in isolation (closed loop, and open loop when ``[stress] rate`` > 0), completions per second in the last of
-``windows`` windows more than ``max_throughput_decay`` below the first, resident memory growing faster than
-``max_memory_growth_mib_per_min`` after the first window (least squares), or a sampled output under load that
-differs from the same input's output in isolation.
+``windows`` windows more than ``max_throughput_decay`` below the first, resident memory shown to grow faster than
+``max_memory_growth_mib_per_min`` after the warm-up (``memory_trend``: the lower bound of a Theil-Sen slope's 95%
+interval over block medians), or a sampled output under load that differs from the same input's output in
+isolation. The closed loop lasts long enough for each window to hold ``load.MIN_WINDOW_REQUESTS`` requests (a slow
+model's run grows, up to ``load.MAX_GROWN_S``): a slope over two or three requests is a sawtooth's phase, not a trend.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +22,7 @@ import numpy as np
 from certify import verdict
 from certify.measure import batching, stats
 from certify.measure.client import WorkerClient
+from certify.measure.load import MIN_WINDOW_REQUESTS
 from certify.plan import Layout, Measure, Stress
 from certify.policy import Policy
 from certify.verdict import GateResult
@@ -28,11 +32,13 @@ if TYPE_CHECKING:
 
 MAX_DISTINCT_REQUESTS = 8
 MIN_WINDOW_COMPLETIONS = 10  # fewer in the first window: the decay is not measurable (run longer)
-MIN_MEMORY_SAMPLES = 5
+MIN_MEMORY_BLOCKS = 6  # block medians a memory slope needs (fewer: not decisive, run longer)
+MAX_MEMORY_BLOCKS = 20
+BLOCK_REQUESTS = 2  # completions a memory block holds at least, on average: a per-request sawtooth averages out
+CONFIDENCE = 0.95
 DRAIN_S = 60.0  # how long a phase waits for its last requests before calling them hung
 MARGIN_S = 30.0
 EVIDENCE_POINTS = 120  # memory samples kept in the evidence
-ROBUST_SLOPE_POINTS = 400
 MIB = 1024 * 1024
 SCHEDULING_FLOOR_MS = 1.0  # p99s below it count as it: sub-millisecond tails on a time-shared CPU are the scheduler's
 Check = tuple[str, bool, str]  # (name, broken, what was measured against what limit, and why when broken)
@@ -67,11 +73,11 @@ def distinct_requests(inputs: dict[str, np.ndarray], batch_size: int, layout: La
 def budget_s(stress: Stress, measure: Measure) -> tuple[float, float]:
     """(drain, whole call): how long a phase waits for requests still running at its end, and the deadline of the
     worker call that runs the load (isolation, each phase with its drain, and one request's allowance)."""
-    from certify.measure.load import isolated_bounds
+    from certify.measure.load import grown_bound, isolated_bounds
 
     drain = min(measure.timeout_s, DRAIN_S)
-    phases = 2 if stress.rate > 0 else 1
-    return drain, isolated_bounds(stress.duration_s)[1] + phases * (stress.duration_s + drain) \
+    opened = stress.duration_s + drain if stress.rate > 0 else 0.0
+    return drain, isolated_bounds(stress.duration_s)[1] + grown_bound(stress.duration_s) + drain + opened \
         + measure.timeout_s + MARGIN_S
 
 
@@ -142,29 +148,25 @@ def throughput_decay(per_window: list[float]) -> float:
     return 1.0 - last / first if first > 0 else 0.0
 
 
-def memory_slope(times_s: np.ndarray, rss_bytes: np.ndarray, after_s: float) -> tuple[float, int]:
-    """Least-squares slope of the resident set over the samples taken at or after ``after_s``, in MiB per minute,
-    and how many samples it rests on (nan below 3)."""
-    keep = np.asarray(times_s) >= after_s
-    t, rss = np.asarray(times_s, np.float64)[keep], np.asarray(rss_bytes, np.float64)[keep]
-    if t.size < 3 or np.ptp(t) <= 0:
-        return float("nan"), int(t.size)
-    return float(np.polyfit(t / 60.0, rss / MIB, 1)[0]), int(t.size)
-
-
-def robust_slope(times_s: np.ndarray, rss_bytes: np.ndarray, after_s: float) -> float:
-    """Theil-Sen slope (the median of the pairwise slopes) over the same samples, in MiB per minute: recorded next
-    to the gated least-squares slope because a single allocator step (an arena grown once for two concurrent calls)
-    barely moves it, while a steady leak moves it as much as the least-squares slope."""
-    keep = np.asarray(times_s) >= after_s
-    rows = thin(np.c_[np.asarray(times_s, np.float64)[keep], np.asarray(rss_bytes, np.float64)[keep]],
-                ROBUST_SLOPE_POINTS)
-    i, j = np.triu_indices(len(rows), k=1)
-    dt = rows[j, 0] - rows[i, 0]
-    pairs = dt > 0
-    if not pairs.any():
-        return float("nan")
-    return float(np.median((rows[j, 1] - rows[i, 1])[pairs] / dt[pairs])) * 60.0 / MIB
+def memory_trend(times_s: np.ndarray, rss_bytes: np.ndarray, requests: int, after_s: float,
+                 end_s: float) -> dict[str, Any]:
+    """The resident set's trend after the warm-up (samples at or after ``after_s``, the first window), in MiB per
+    minute. The rest of the run is cut into equal time blocks holding ``BLOCK_REQUESTS`` of its ``requests`` each on
+    average (at most ``MAX_MEMORY_BLOCKS``), each summarised by its median sample: a per-request buffer's sawtooth
+    looks the same in every block, while a leak raises every block's level. Over those medians: the Theil-Sen slope
+    (one allocator step barely moves it) and Sen's ``CONFIDENCE`` interval. nan with too few blocks."""
+    t, rss = np.asarray(times_s, np.float64), np.asarray(rss_bytes, np.float64) / MIB
+    blocks = min(MAX_MEMORY_BLOCKS, max(0, requests) // BLOCK_REQUESTS) if end_s > after_s else 0
+    edges = np.linspace(after_s, end_s, blocks + 1)
+    points = [((first + last) / 2, float(np.median(rss[inside])))
+              for first, last in itertools.pairwise(edges)
+              if (inside := (t >= first) & (t < last if last < end_s else t <= last)).any()]
+    slope, low, high = stats.theil_sen(np.array([p[0] for p in points]) / 60.0, np.array([p[1] for p in points]),
+                                       CONFIDENCE) if len(points) >= 3 else (float("nan"),) * 3
+    kept = rss[t >= after_s]
+    return {"slope_mib_per_min": slope, "interval": [low, high], "confidence": CONFIDENCE, "blocks": len(points),
+            "requests_after_warmup": int(requests), "after_s": after_s, "fit": "Theil-Sen over block medians",
+            "growth_mib": float(kept[-1] - kept[0]) if kept.size else 0.0}
 
 
 def thin(rows: np.ndarray, points: int) -> np.ndarray:
@@ -204,7 +206,8 @@ def _phase(phase: dict[str, Any], windows: int, reference_p99_ms: float, extra_n
         "requests_per_s": float(np.sum(phase["completions"])) / phase["duration_s"],
         "windows_per_s": per_window, "throughput_decay": throughput_decay(per_window),
         "first_window_completions": int(np.asarray(phase["completions"]).reshape(windows, -1)[0].sum()),
-        "duration_s": phase["duration_s"], "latency_samples_thinned_every": int(phase["thinned_stride"]),
+        "duration_s": phase["duration_s"], "planned_duration_s": phase.get("planned_duration_s", phase["duration_s"]),
+        "latency_samples_thinned_every": int(phase["thinned_stride"]),
     }
 
 
@@ -220,15 +223,15 @@ def other_processes_cores(samples: np.ndarray, windows: int, duration_s: float) 
 
 
 def _memory(phase: dict[str, Any], windows: int) -> dict[str, Any]:
+    """A phase's memory trend after its first window (the warm-up: arenas and caches filling)."""
     samples = np.asarray(phase["memory"], dtype=np.float64).reshape(-1, 4)
     times_s, rss = samples[:, 0] / 1e9, samples[:, 1]
+    completions = np.asarray(phase["completions"])
     after = phase["duration_s"] / windows
-    slope, used = memory_slope(times_s, rss, after)
-    kept = rss[times_s >= after]
-    return {"slope_mib_per_min": slope, "samples_used": used, "after_s": after, "fit": "least squares",
-            "robust_slope_mib_per_min": robust_slope(times_s, rss, after),
-            "growth_mib": float(kept[-1] - kept[0]) / MIB if kept.size else 0.0,
-            "samples_s_mib": [[round(t, 3), round(m / MIB, 3)] for t, m in thin(np.c_[times_s, rss], EVIDENCE_POINTS)]}
+    trend = memory_trend(times_s, rss, int(completions[len(completions) // windows:].sum()), after,
+                         phase["duration_s"])
+    return {**trend, "samples_s_mib": [[round(t, 3), round(m / MIB, 3)]
+                                       for t, m in thin(np.c_[times_s, rss], EVIDENCE_POINTS)]}
 
 
 def _isolated_host(isolated: dict[str, Any]) -> float | None:
@@ -316,11 +319,17 @@ def _decay_check(f: dict[str, Any], policy: Policy) -> Check:
 
 
 def _memory_check(f: dict[str, Any], policy: Policy) -> Check:
-    mem = f["memory"]
-    slope, undecided = mem["slope_mib_per_min"], mem["samples_used"] < MIN_MEMORY_SAMPLES
-    return ("memory", undecided or not slope <= policy.max_memory_growth_mib_per_min,
-            f"memory slope {slope:.3g} MiB/min over {mem['samples_used']} samples after the first window (max "
-            f"{policy.max_memory_growth_mib_per_min:g})" + (": not decisive (run longer)" if undecided else ""))
+    """Broken when the memory slope's lower bound exceeds the limit (growth shown, not merely possible), or when
+    too few blocks were measured to tell."""
+    mem, limit = f["memory"], policy.max_memory_growth_mib_per_min
+    low, high = mem["interval"]
+    undecided = mem["blocks"] < MIN_MEMORY_BLOCKS or not np.isfinite(low)
+    return ("memory", undecided or low > limit,
+            f"memory slope {mem['slope_mib_per_min']:.3g} MiB/min [{low:.3g}, {high:.3g}] (Theil-Sen over "
+            f"{mem['blocks']} blocks of the {mem['requests_after_warmup']} requests after a {mem['after_s']:.3g} s "
+            f"warm-up; a leak when the {mem.get('confidence', CONFIDENCE):.0%} lower bound exceeds {limit:g})"
+            + (f": not decisive, fewer than {MIN_MEMORY_BLOCKS} blocks of {BLOCK_REQUESTS} requests (run longer)"
+               if undecided else ""))
 
 
 def _outputs_check(f: dict[str, Any]) -> Check:
@@ -340,7 +349,10 @@ def stress_gate(figures: dict[str, Any], policy: Policy, hint: str) -> GateResul
     """FAIL listing every broken check, or PASS with every figure."""
     checks = _checks(figures, policy)
     closed = figures["closed_loop"]
-    load = (f"{figures['clients']} clients for {closed['duration_s']:.3g} s, {closed['requests_per_s']:.4g} "
+    planned = closed.get("planned_duration_s", closed["duration_s"])
+    grown = f" (grown from {planned:.3g} s for {MIN_WINDOW_REQUESTS} requests a window)" \
+        if closed["duration_s"] > planned + 0.5 else ""
+    load = (f"{figures['clients']} clients for {closed['duration_s']:.3g} s{grown}, {closed['requests_per_s']:.4g} "
             f"requests/s" + (f", open loop at {figures['open_loop']['rate']:g}/s" if "open_loop" in figures else "")
             + (", served one at a time through a lock (the backend is not thread-safe)"
                if figures["served_one_at_a_time"] else ""))
@@ -349,6 +361,7 @@ def stress_gate(figures: dict[str, Any], policy: Policy, hint: str) -> GateResul
         "closed_loop_p99_ms": closed["p99_ms"], "isolated_p99_ms": figures["isolated"]["p99_ms"],
         "throughput_decay": closed["throughput_decay"], "windows_per_s": closed["windows_per_s"],
         "requests_per_s": closed["requests_per_s"], "memory_slope_mib_per_min": figures["memory"]["slope_mib_per_min"],
+        "memory_slope_interval": figures["memory"]["interval"],
         "other_processes_cores": closed.get("other_processes_cores"),
         "broken": list(dict.fromkeys(name for name, broken, _ in checks if broken))}
     broken = [(name, text) for name, broken, text in checks if broken]

@@ -5,9 +5,11 @@ Phases, one after the other on the one loaded model:
 
 1. isolated: each distinct request's outputs, computed alone (the reference the outputs under load must equal),
    then a sequential run that gives the latency in isolation;
-2. closed loop: ``clients`` threads send requests back to back for ``duration_s``; a sampler thread reads the
-   process's resident memory every ``SAMPLE_S``, with the host's busy CPU time and this process's own (to tell how
-   much other processes took from the cores in each window);
+2. closed loop: ``clients`` threads send requests back to back for ``duration_s``, or longer when the isolated
+   rate says its windows would hold fewer than ``MIN_WINDOW_REQUESTS`` each (``grown_duration``); a sampler thread
+   reads the
+   process's resident memory every ``SAMPLE_S``, with the host's busy CPU time and this process's own (to tell
+   how much other processes took from the cores in each window);
 3. open loop (``rate`` > 0): Poisson arrivals at ``rate`` per second, served in arrival order by a pool of ``clients``
    threads; a request's latency counts from its scheduled arrival, so queueing is included (MLPerf's Server
    scenario). Arrivals still waiting when the phase ends count as unserved, with the wait so far as their latency.
@@ -51,6 +53,9 @@ SAMPLE_COLUMNS = ("t_ns", "rss_bytes", "host_busy_ms", "own_cpu_ns")  # what the
 SAMPLE_S = 0.05  # resident-memory sampling period
 BUCKETS_PER_WINDOW = 10  # completions are counted in time buckets; windows are made of whole buckets
 FIRST_ERRORS = 5
+MIN_WINDOW_REQUESTS = 10  # the closed loop grows until each window should hold this many completions ...
+MAX_GROWN_S = 120.0  # ... but grows to no more than this (or the plan's duration_s, when longer)
+GROWTH_MARGIN = 1.5  # the closed loop's rate may fall below the isolated one (clients contending for the cores)
 HALVE_CHUNK = 256
 
 
@@ -364,6 +369,22 @@ def summary(tallies: list[Tally], phase: Phase, *, hung: int) -> dict[str, Any]:
     }
 
 
+def grown_bound(duration_s: float) -> float:
+    """The longest a closed loop planned for ``duration_s`` may grow to."""
+    return max(duration_s, MAX_GROWN_S)
+
+
+def grown_duration(duration_s: float, windows: int, isolated_rate: float) -> float:
+    """``duration_s``, or longer so that each of the ``windows`` should hold ``MIN_WINDOW_REQUESTS`` completions at
+    the rate measured in isolation (with ``GROWTH_MARGIN``), up to ``grown_bound``: a slow model (a language model
+    scoring a window in half a second) otherwise gives two or three requests a window, where a memory slope is the
+    phase of a per-request sawtooth and a throughput ratio is a count of two."""
+    if not isolated_rate > 0:
+        return duration_s  # nothing completed alone: the errors check has its answer already
+    needed = windows * MIN_WINDOW_REQUESTS * GROWTH_MARGIN / isolated_rate
+    return min(max(duration_s, needed), grown_bound(duration_s))
+
+
 def isolated_bounds(duration_s: float) -> tuple[float, float]:
     """(min, max) seconds of the isolated run for a load phase of ``duration_s``."""
     least = min(max(ISOLATED_MIN_S, ISOLATED_SHARE * duration_s), ISOLATED_MAX_S)
@@ -411,8 +432,11 @@ def serve(worker: Any, keys: list[str], clients: int, duration_s: float, rate: f
                 sample_every)
     result: dict[str, Any] = {"serialized": not thread_safe, "clients": clients, "distinct_requests": len(keys),
                               "reference_repeat_max_abs_diff": load.reference()}
-    result["isolated"] = load.isolated(*isolated_bounds(duration_s))
-    result["closed"] = load.closed_loop(clients, duration_s, windows, drain_s)
+    result["isolated"] = isolated = load.isolated(*isolated_bounds(duration_s))
+    alone_s = (isolated["memory"][-1, 0] - isolated["memory"][0, 0]) / 1e9
+    rate_alone = (isolated["requests"] - isolated["errors"]) / alone_s if alone_s > 0 else 0.0
+    result["closed"] = load.closed_loop(clients, grown_duration(duration_s, windows, rate_alone), windows, drain_s)
+    result["closed"]["planned_duration_s"] = duration_s
     if rate > 0 and not result["closed"]["hung"]:
         result["open"] = load.open_loop(clients, duration_s, rate, windows, seed, drain_s)
     result.update(first_errors=load.first_errors, executed_device=backend.executed_device(), host_cpus=host_cpus())

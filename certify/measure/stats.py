@@ -249,3 +249,22 @@ def drift(times_ns: np.ndarray) -> float:
     quarter = max(1, times_ns.size // 4)
     first, last = np.median(times_ns[:quarter]), np.median(times_ns[-quarter:])
     return float(last / first - 1.0) if first > 0 else 0.0
+
+
+def theil_sen(x: np.ndarray, y: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """(slope, low, high): the Theil-Sen slope of ``y`` over ``x`` (the median of the slopes of every pair of points
+    with distinct x) and Sen's distribution-free interval at ``confidence`` (the order statistics of those pairwise
+    slopes that Kendall's tau bounds; ties are not corrected for, which only widens it). Points should be close to
+    independent: give block summaries of a correlated series, not its raw samples. nan with fewer than 3 points."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    i, j = np.triu_indices(x.size, k=1)
+    dx = x[j] - x[i]
+    keep = dx != 0
+    if x.size < 3 or not keep.any():
+        return math.nan, math.nan, math.nan
+    slopes = np.sort((y[j] - y[i])[keep] / dx[keep])
+    n, pairs = x.size, slopes.size
+    spread = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt(n * (n - 1) * (2 * n + 5) / 18)
+    low = max(0, math.floor((pairs - spread) / 2) - 1)  # ranks (N - C) / 2 and (N + C) / 2 + 1, from 1
+    high = min(pairs - 1, math.ceil((pairs + spread) / 2))
+    return float(np.median(slopes)), float(slopes[low]), float(slopes[high])

@@ -77,7 +77,7 @@ def test_a_good_candidate_holds_sustained_load(outcome: Outcome, project: Path, 
 
 
 @pytest.mark.parametrize(("name", "check", "words"), [
-    ("leak", "memory", "MiB/min over"),
+    ("leak", "memory", "Theil-Sen over"),
     ("slow", "decay", "throughput decay"),
     ("racy", "outputs", "sampled outputs differ from isolation"),
     ("flaky", "errors", "RuntimeError: simulated failure of request"),

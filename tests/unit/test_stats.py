@@ -314,3 +314,20 @@ def test_one_replicate_is_the_plain_block_bootstrap() -> None:
     assert plain.replicates is None and plain.replicate_ratios == [pytest.approx(plain.value)]
     point, interval = stats.ratio_of_medians(base, cand, resamples=300, seed=2, confidence=0.95, block=100)
     assert plain.value == point and plain.bootstrap == pytest.approx(interval, rel=0.02)
+
+
+def test_theil_sen_slope_and_sens_interval() -> None:
+    x = np.arange(20.0)
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(200):
+        slope, low, high = stats.theil_sen(x, 2.0 * x + rng.normal(0.0, 1.0, x.size), 0.95)
+        assert low <= slope <= high
+        covered += low <= 2.0 <= high
+    assert covered >= 180  # about 95% of intervals hold the true slope
+    outlier = 2.0 * x
+    outlier[5] += 1000.0  # one wild point barely moves it
+    assert stats.theil_sen(x, outlier, 0.95)[0] == pytest.approx(2.0)
+    assert stats.theil_sen(x, np.zeros(20), 0.95) == (0.0, 0.0, 0.0)
+    assert all(np.isnan(v) for v in stats.theil_sen(x[:2], x[:2], 0.95))
+    assert all(np.isnan(v) for v in stats.theil_sen(np.ones(5), x[:5], 0.95))  # no two distinct x
