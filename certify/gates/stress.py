@@ -162,7 +162,7 @@ def memory_trend(times_s: np.ndarray, rss_bytes: np.ndarray, requests: int, afte
               for first, last in itertools.pairwise(edges)
               if (inside := (t >= first) & (t < last if last < end_s else t <= last)).any()]
     slope, low, high = stats.theil_sen(np.array([p[0] for p in points]) / 60.0, np.array([p[1] for p in points]),
-                                       CONFIDENCE) if len(points) >= 3 else (float("nan"),) * 3
+                                       CONFIDENCE)
     kept = rss[t >= after_s]
     return {"slope_mib_per_min": slope, "interval": [low, high], "confidence": CONFIDENCE, "blocks": len(points),
             "requests_after_warmup": int(requests), "after_s": after_s, "fit": "Theil-Sen over block medians",

@@ -7,9 +7,8 @@ Phases, one after the other on the one loaded model:
    then a sequential run that gives the latency in isolation;
 2. closed loop: ``clients`` threads send requests back to back for ``duration_s``, or longer when the isolated
    rate says its windows would hold fewer than ``MIN_WINDOW_REQUESTS`` each (``grown_duration``); a sampler thread
-   reads the
-   process's resident memory every ``SAMPLE_S``, with the host's busy CPU time and this process's own (to tell
-   how much other processes took from the cores in each window);
+   reads the process's resident memory every ``SAMPLE_S``, with the host's busy CPU time and this process's own
+   (to tell how much other processes took from the cores in each window);
 3. open loop (``rate`` > 0): Poisson arrivals at ``rate`` per second, served in arrival order by a pool of ``clients``
    threads; a request's latency counts from its scheduled arrival, so queueing is included (MLPerf's Server
    scenario). Arrivals still waiting when the phase ends count as unserved, with the wait so far as their latency.
