@@ -102,18 +102,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _token_agreement(outputs: np.ndarray, _: np.ndarray | None, baseline: np.ndarray) -> np.ndarray:
-    return np.asarray((outputs.argmax(axis=-1) == baseline.argmax(axis=-1)).mean(axis=-1), dtype=np.float64)
-
-
-def token_nll(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Negative log-likelihood of each true next token: ``[chunks, tokens]``, one chunk at a time (memory)."""
-    return np.stack([-np.take_along_axis(log_softmax(chunk), label[:, None].astype(np.int64), axis=-1)[:, 0]
-                     for chunk, label in zip(outputs, labels, strict=True)])
+    return np.asarray((outputs["top1"] == baseline["top1"]).mean(axis=-1), dtype=np.float64)
 
 
 def _nll(outputs: np.ndarray, labels: np.ndarray | None, _: np.ndarray) -> np.ndarray:
-    assert labels is not None
-    return np.asarray(token_nll(outputs, labels).mean(axis=-1), dtype=np.float64)
+    return np.asarray(-outputs["label"].mean(axis=-1), dtype=np.float64)
 
 
 METRICS: dict[str, Metric] = {

@@ -205,11 +205,19 @@ class CertificationRun:
         except CertifyError:
             return ""
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019
     def data(self, model: ModelPlan) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        inputs, labels, _ = self._loaded(model)
+        return inputs, labels
+
+    def tokenization(self, model: ModelPlan) -> dict[str, Any] | None:
+        """How the baseline tokenized a language model's text (``dataset.text_chunks``); None for other models."""
+        return self._loaded(model)[2]
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019
+    def _loaded(self, model: ModelPlan) -> tuple[dict[str, np.ndarray], np.ndarray | None, dict[str, Any] | None]:
         if model.dataset.text is not None:
             return dataset.load_text_dataset(model.dataset, model.baseline, self.plan.measure.timeout_s)
-        return dataset.load_dataset(model.dataset, model.layout)
+        return (*dataset.load_dataset(model.dataset, model.layout), None)
 
     def context(self, case: Case) -> GateContext:
         defaults = self.gates[case.gate].defaults if case.gate in self.gates else {}

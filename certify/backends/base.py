@@ -78,7 +78,10 @@ class LanguageModel(Backend, Protocol):
       token measure. The ``decode_step`` context then continues after the prompt;
     - ``decode_step(token)`` appends one token to a running context and computes its next-token logits (one
       generation step, what tokens/s of generation measures); the context restarts when it is full;
-    - ``tokenize(text)`` gives the model's token ids for a text (no BOS added).
+    - ``tokenize(text)`` gives the model's token ids for a text (no BOS added), ``detokenize(tokens)`` their text;
+    - ``special_tokens()`` says whether the model's own metadata asks for BOS/EOS around a text (``add_bos``,
+      ``bos``, ``add_eos``, ``eos``, and ``source``: where that was read), so evaluation text is scored in the
+      regime the model was trained and ships in.
     """
 
     def prefill(self, tokens: np.ndarray) -> int: ...
@@ -86,6 +89,10 @@ class LanguageModel(Backend, Protocol):
     def decode_step(self, token: int) -> None: ...
 
     def tokenize(self, text: str) -> list[int]: ...
+
+    def special_tokens(self) -> dict[str, Any]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
 
 
 def prepare_feeds(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray], layout: Layout | None = None, *,

@@ -349,6 +349,19 @@ class LlamaCppBackend:
     def tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)]
 
+    def special_tokens(self) -> dict[str, Any]:
+        """BOS/EOS as the GGUF's own metadata asks (``tokenizer.ggml.add_bos_token`` / ``add_eos_token``, read
+        through llama.cpp's vocabulary, which applies the architecture's default when the key is absent)."""
+        lc = _lc()
+        vocab = lc.llama_model_get_vocab(self._llm.model)
+        metadata = dict(self._llm.metadata)
+        said = {k: metadata.get(f"tokenizer.ggml.{k}_token") for k in ("add_bos", "add_eos")}
+        return {"add_bos": bool(lc.llama_vocab_get_add_bos(vocab)), "bos": int(lc.llama_vocab_bos(vocab)),
+                "add_eos": bool(lc.llama_vocab_get_add_eos(vocab)), "eos": int(lc.llama_vocab_eos(vocab)),
+                "source": "GGUF " + ", ".join(f"tokenizer.ggml.{k}_token = {v}" if v is not None
+                                               else f"tokenizer.ggml.{k}_token absent (llama.cpp's default)"
+                                               for k, v in said.items())}
+
     def detokenize(self, tokens: list[int]) -> str:
         return str(self._llm.detokenize(list(tokens)).decode("utf-8", "replace"))
 

@@ -277,6 +277,19 @@ class MlxBackend:
                              hint="a byte-level tokenizer needs vocab >= 256 for arbitrary text")
         return tokens
 
+    def special_tokens(self) -> dict[str, Any]:
+        """mlx-lm: BOS/EOS as the folder's tokenizer adds them (``add_special_tokens``, from tokenizer_config.json),
+        found by encoding one word both ways. mlx.nn byte-level: none."""
+        if self.config is None:
+            return {"add_bos": False, "bos": None, "add_eos": False, "eos": None, "source": "byte-level tokenizer"}
+        tok = self._lm_tokenizer()
+        plain = [int(t) for t in tok.encode("a", add_special_tokens=False)]
+        full = [int(t) for t in tok.encode("a", add_special_tokens=True)]
+        at = next((i for i in range(len(full)) if full[i:i + len(plain)] == plain), len(full))
+        before, after = full[:at], full[at + len(plain):]
+        return {"add_bos": bool(before), "bos": before[0] if before else None, "add_eos": bool(after),
+                "eos": after[-1] if after else None, "source": "the folder's tokenizer (add_special_tokens)"}
+
     def detokenize(self, tokens: list[int]) -> str:
         if self.config is not None:
             return str(self._lm_tokenizer().decode([int(t) for t in tokens]))

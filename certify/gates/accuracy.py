@@ -11,7 +11,8 @@ from certify.cases import safe_name
 from certify.digests import model_digest
 from certify.errors import CertifyError
 from certify.gates.context import GateContext
-from certify.measure import accuracy
+from certify.measure import accuracy, dataset
+from certify.measure.client import WorkerClient
 from certify.metrics import metric_for, refusal
 from certify.plan import ModelRef
 from certify.policy import Policy
@@ -25,13 +26,22 @@ def evaluate(ctx: GateContext) -> GateResult:
     inputs, labels = ctx.data()
     bs = case.model.dataset.batch_size
     metric = metric_for(case.model.metric, dict(case.model.metric_params))
+    lm = metric.language_model
     base_out = ctx.store.cached_array(
-        safe_name(case.model.name) + "-baseline-outputs",
-        lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure)[0])
+        safe_name(case.model.name) + ("-baseline-token-scores" if lm else "-baseline-outputs"),
+        lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure,
+                                 tokens=accuracy.language_model_scoring(labels) if lm else None)[0])
     reason, use = refusal(metric, base_out, labels, chunked=bool(case.model.layout.carry))
     if reason:  # the harness cannot judge with this metric: an ERROR of the plan, not the candidate's FAIL
         return errored("accuracy", f"metric {metric.name!r} cannot judge this model: {reason}", hint=use)
-    cand_out, where = accuracy.predict("candidate", case.candidate, inputs, bs, measure)
+    tokens = ctx.tokenization()
+    check = None
+    if tokens is not None:  # a language model: scored on the tokens the baseline made, if the candidate makes them too
+        ctx.measurement["tokenization"] = tokens
+        def check(worker: WorkerClient) -> None:
+            dataset.same_tokenization(case.model.dataset, tokens, worker, case.model.baseline, measure.timeout_s)
+    cand_out, where = accuracy.predict("candidate", case.candidate, inputs, bs, measure, check,
+                                       tokens=accuracy.language_model_scoring(labels, base_out) if lm else None)
     if base_out.shape != cand_out.shape:
         raise CertifyError(f"its output shape {cand_out.shape} differs from the baseline's {base_out.shape}",
                            hint="the candidate must compute the same outputs as its baseline")

@@ -29,6 +29,8 @@ class SharedMeasurements(Protocol):
 
     def data(self, model: ModelPlan) -> tuple[dict[str, np.ndarray], np.ndarray | None]: ...
 
+    def tokenization(self, model: ModelPlan) -> dict[str, Any] | None: ...
+
     def cannot_run(self, ref: ModelRef) -> str: ...
 
 
@@ -53,6 +55,11 @@ class GateContext:
     def data(self) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """The model's dataset: inputs by name, and labels (None without)."""
         return self.shared.data(self.case.model)
+
+    def tokenization(self) -> dict[str, Any] | None:
+        """A language model's text as the baseline tokenized it (BOS/EOS policy, where it was read, windows,
+        scored tokens); None for a model without text."""
+        return self.shared.tokenization(self.case.model)
 
     def speed_feeds(self) -> dict[str, np.ndarray]:
         """The one input every speed and memory measurement of this model uses (``dataset.speed_batch_size``)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from certify.errors import CertifyError
 from certify.measure import stats
 from certify.measure.client import WorkerClient
 from certify.measure.fidelity import fidelity
@@ -16,16 +18,29 @@ from certify.records import AccuracyFigures
 CORPUS_RESAMPLES = 200  # a set-level metric (mAP, WER) is recomputed per resample: fewer, each costs a full evaluation
 
 
-def predict(role: str, ref: ModelRef, inputs: dict[str, np.ndarray], batch_size: int,
-            measure: Measure) -> tuple[np.ndarray, dict[str, Any]]:
+def predict(role: str, ref: ModelRef, inputs: dict[str, np.ndarray], batch_size: int, measure: Measure,
+            check: Callable[[WorkerClient], None] | None = None, tokens: dict[str, Any] | None = None
+            ) -> tuple[np.ndarray, dict[str, Any]]:
     """The model's scored output over the whole dataset (samples on axis 0), from a fresh worker, plus where it
-    ran and how it was batched (``certify.measure.worker.Worker.cmd_predict``)."""
+    ran and how it was batched (``certify.measure.worker.Worker.cmd_predict``). ``check`` runs on the loaded
+    worker first (a language model's tokenization compared with the baseline's) and may raise to stop there;
+    ``tokens`` asks a language model for compact records instead of logits (``language_model_scoring``)."""
     with WorkerClient(role, ref, measure.timeout_s) as worker:
         loaded = worker.call("load", ref=ref)
+        if check is not None:
+            check(worker)
         worker.call("feeds", key="data", arrays=inputs, whole=True)
-        answer = worker.call("predict", key="data", batch_size=batch_size)
+        answer = worker.call("predict", key="data", batch_size=batch_size, tokens=tokens)
     return answer["scored"], {"executed_device": loaded["executed_device"], "info": loaded["info"],
                               "batching": answer["batching"]}
+
+
+def language_model_scoring(labels: np.ndarray | None, baseline: np.ndarray | None = None) -> dict[str, Any]:
+    """What a language model's worker needs to return records (``certify.measure.logprobs``): the next tokens,
+    and for a candidate the baseline's records, whose token ids it is scored on."""
+    if labels is None:
+        raise CertifyError("a language model's dataset has no next tokens to score")
+    return {"labels": labels, "ids": None if baseline is None else baseline["ids"]}
 
 
 def retention(metric: Metric, base_value: np.ndarray, cand_value: np.ndarray) -> np.ndarray:

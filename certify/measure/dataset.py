@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -48,31 +49,93 @@ def load_dataset(dataset: Dataset, layout: Layout | None = None, timeout_s: floa
 
 
 def load_text_dataset(dataset: Dataset, tokenizer: ModelRef, timeout_s: float
-                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """A language model's evaluation data: the text tokenized by ``tokenizer`` (the baseline, in a worker), cut
-    into ``chunks`` windows of ``context`` tokens; labels are each position's next token."""
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """A language model's evaluation data: the text tokenized by ``tokenizer`` (the baseline, in a worker), with
+    BOS/EOS as its metadata asks, cut into ``chunks`` windows of ``context`` tokens; labels are each position's next
+    token. The third part records the tokenization (``text_chunks``)."""
     from certify.measure.client import WorkerClient
 
+    with WorkerClient("baseline", tokenizer, timeout_s) as worker:
+        worker.call("load", ref=tokenizer)
+        answer = worker.call("text_tokens", text=read_text(dataset))
+    return text_chunks(answer["tokens"], dataset, answer["special"])
+
+
+def special_policy(special: dict[str, Any]) -> dict[str, Any]:
+    """What of a model's BOS/EOS metadata changes the scored tokens: whether each is added, and its id if so."""
+    return {"add_bos": bool(special.get("add_bos")), "bos": special.get("bos") if special.get("add_bos") else None,
+            "add_eos": bool(special.get("add_eos")), "eos": special.get("eos") if special.get("add_eos") else None}
+
+
+def same_tokenization(dataset: Dataset, baseline: dict[str, Any], worker: Any, baseline_ref: ModelRef,
+                      timeout_s: float) -> None:
+    """The candidate in ``worker`` tokenizes the dataset's text exactly as the baseline did (``baseline``, the
+    facts of ``load_text_dataset``): the same BOS/EOS policy and the same ids, else a DatasetError naming the first
+    differing token (position, both ids and their text), since the candidate's logits would score other tokens."""
+    answer = worker.call("text_tokens", text=read_text(dataset))
+    tokens, special = [int(t) for t in answer["tokens"]], dict(answer["special"])
+    mine, theirs = special_policy(special), special_policy(baseline)
+    if differ := [k for k in mine if mine[k] != theirs[k]]:
+        raise DatasetError("the candidate's BOS/EOS policy differs from the baseline's: " + ", ".join(
+            f"{k} {mine[k]!r} vs {theirs[k]!r}" for k in differ)
+            + f" (candidate: {special.get('source')}; baseline: {baseline.get('source')})",
+            hint="certify a candidate converted from the baseline with its tokenizer metadata kept")
+    if ids_digest(tokens) == baseline.get("ids_sha256"):
+        return
+    from certify.measure.client import WorkerClient
+
+    with WorkerClient("baseline", baseline_ref, timeout_s) as base:
+        base.call("load", ref=baseline_ref)
+        expected = [int(t) for t in base.call("tokenize", text=read_text(dataset))]
+        at = next((i for i, (a, b) in enumerate(zip(tokens, expected, strict=False)) if a != b),
+                  min(len(tokens), len(expected)))
+        base_piece = f"{expected[at]} {base.call('detokenize', tokens=expected[at:at + 1])!r}" \
+            if at < len(expected) else "end of text"
+    cand_piece = f"{tokens[at]} {worker.call('detokenize', tokens=tokens[at:at + 1])!r}" \
+        if at < len(tokens) else "end of text"
+    raise DatasetError(f"the candidate tokenizes dataset.text {dataset.text} differently from the baseline: first "
+                       f"difference at token {at}: candidate {cand_piece}, baseline {base_piece} ({len(tokens)} vs "
+                       f"{len(expected)} tokens)",
+                       hint="the candidate's vocabulary is not the baseline's, so its logits would score other "
+                            "tokens: convert it from the baseline with the same tokenizer")
+
+
+def ids_digest(tokens: list[int]) -> str:
+    return hashlib.sha256(np.asarray(tokens, dtype="<i8").tobytes()).hexdigest()
+
+
+def read_text(dataset: Dataset) -> str:
     assert dataset.text is not None
     try:
-        text = dataset.text.read_text(encoding="utf-8")
+        return dataset.text.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"dataset.text {dataset.text}: cannot read it as UTF-8 text ({exc})",
                            hint="give a UTF-8 text file") from None
-    with WorkerClient("baseline", tokenizer, timeout_s) as worker:
-        worker.call("load", ref=tokenizer)
-        tokens = worker.call("tokenize", text=text)
-    return text_chunks(tokens, dataset)
 
 
-def text_chunks(tokens: list[int], dataset: Dataset) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    window = dataset.context + 1
+def text_chunks(tokens: list[int], dataset: Dataset, special: dict[str, Any] | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """Windows of the text's tokens. When the model asks for BOS (``special["add_bos"]``) each window is BOS and
+    ``context`` - 1 text tokens, scored on its ``context`` next tokens (every window starts as the model's
+    inputs do in use); otherwise ``context`` tokens scored on the next ones. With ``add_eos`` the text ends in EOS."""
+    special = dict(special or {"add_bos": False, "add_eos": False, "source": "not given"})
+    text_ids = list(tokens)
+    bos = special.get("bos") if special.get("add_bos") else None
+    if special.get("add_eos") and special.get("eos") is not None:
+        tokens = [*tokens, int(special["eos"])]
+    window = dataset.context if bos is not None else dataset.context + 1
     count = min(dataset.chunks, len(tokens) // window)
     if count == 0:
         raise DatasetError(f"dataset.text {dataset.text}: {len(tokens)} tokens, fewer than one window of "
-                           f"context + 1 = {window}", hint="use a longer text or a smaller dataset.context")
+                           f"{window} tokens (context {dataset.context}{'' if bos is not None else ' + 1'})",
+                           hint="use a longer text or a smaller dataset.context")
     windows = np.asarray(tokens[: count * window], dtype=np.int32).reshape(count, window)
-    return {"": windows[:, :-1]}, windows[:, 1:]
+    facts = {**special, "text_tokens": len(tokens), "ids_sha256": ids_digest(text_ids), "windows": count,
+             "scored_tokens": count * dataset.context, "bos_prepended": bos is not None}
+    if bos is not None:
+        inputs = np.concatenate([np.full((count, 1), bos, dtype=np.int32), windows[:, :-1]], axis=1)
+        return {"": inputs}, windows, facts
+    return {"": windows[:, :-1]}, windows[:, 1:], facts
 
 
 def speed_batch(inputs: dict[str, np.ndarray], batch_size: int, layout: Layout | None = None

@@ -18,7 +18,7 @@ from typing import IO, Any
 import numpy as np
 
 from certify.errors import CertifyError, ModelError, first_line
-from certify.measure import batching, memory
+from certify.measure import batching, logprobs, memory
 from certify.plan.types import Layout
 
 HEADER = struct.Struct("<Q")
@@ -141,9 +141,18 @@ class Worker:
     def cmd_tokenize(self, text: str) -> list[int]:
         return [int(t) for t in self.backend.tokenize(text)]
 
-    def cmd_predict(self, key: str, batch_size: int) -> dict[str, Any]:
+    def cmd_text_tokens(self, text: str) -> dict[str, Any]:
+        """The text's token ids and the BOS/EOS the model's metadata asks for (``special_tokens``)."""
+        return {"tokens": self.cmd_tokenize(text), "special": dict(self.backend.special_tokens())}
+
+    def cmd_detokenize(self, tokens: list[int]) -> str:
+        return str(self.backend.detokenize([int(t) for t in tokens]))
+
+    def cmd_predict(self, key: str, batch_size: int, tokens: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run the whole dataset (feeds ``key``, prepared with ``whole``) in batches along each input's batch axis;
-        return the scored output(s) with samples first, and how the batches were made.
+        return the scored output(s) with samples first, and how the batches were made. ``tokens`` (a language
+        model: ``labels``, the next tokens, and ``ids``, the baseline's kept token ids or None for the baseline)
+        turns each batch's logits into compact records here (``certify.measure.logprobs``).
 
         A model that fixes its batch size runs in batches of that size, the last one padded by repeating its last
         sample (the pad's outputs are dropped). A streaming model runs each batch of sequences chunk by chunk,
@@ -162,6 +171,10 @@ class Worker:
                 padded += fixed - real
             batch = batching.select(layout, feeds, index)
             outputs = self._stream(batch) if layout.carry else [np.asarray(o) for o in self.backend.infer(batch)]
+            if tokens is not None:
+                kept = index[:real]
+                ids = None if tokens["ids"] is None else np.asarray(tokens["ids"])[kept]
+                outputs = [logprobs.token_scores(outputs[0][:real], np.asarray(tokens["labels"])[kept], ids)]
             names = names or [f"output{i}" for i in range(len(outputs))]
             parts.append([batching.rows(o, batching.output_axis(layout, name), slice(0, real))
                           for name, o in zip(names, outputs, strict=True)])

@@ -43,6 +43,7 @@ from certify.backends import resolve_backend
 from certify.backends.llamacpp import LlamaCppBackend
 from certify.plan import ModelRef
 from tests.acceptance.conftest import Outcome, run_certification
+from tests.helpers.tinyllama import tiny_llama
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
@@ -85,6 +86,11 @@ recipe = { tool = "llamacpp", method = "quantize", type = "Q2_K", allow_requanti
 name = "q8_0-refused"
 framework = "llamacpp"
 recipe = { tool = "llamacpp", method = "quantize", type = "Q8_0" }
+
+[[models.candidates]]
+name = "other-vocabulary"  # the tiny LLaMA: 260 byte-level tokens, not SmolLM2's 49152
+path = "tiny-llama-f32.gguf"
+framework = "llamacpp"
 """
 
 
@@ -142,6 +148,7 @@ def test_a_plan_certifies_requantizations_q8_0_keeps_accuracy_q2_k_loses_it(publ
     run it once per worker. Measured: 35 to 46 s wall (30 to 38 s CPU) on the 2-core reference machine while it was
     shared (load average about 3), most of it llama.cpp evaluating 512 tokens with each of the three models."""
     (tmp_path / smollm2.MODEL_FILE).symlink_to(published)
+    (tmp_path / "tiny-llama-f32.gguf").symlink_to(tiny_llama() / "tiny-llama-f32.gguf")
     (tmp_path / "eval.txt").write_text(eval_text(), encoding="utf-8")
     (tmp_path / "certify.toml").write_text(PLAN)
     outcome = run_certification(tmp_path, tmp_path / "certify.toml", "-k", "accuracy",
@@ -168,6 +175,13 @@ def test_a_plan_certifies_requantizations_q8_0_keeps_accuracy_q2_k_loses_it(publ
     refused = v[("q8_0-refused", "accuracy")]  # requantizing needs allow_requantize = true
     assert refused["verdict"] == "error" and "already quantized (tensors: 210 Q4_1, 1 Q8_0)" in refused["reason"]
     assert "allow_requantize = true" in refused["hint"]
+
+    tokens = q8["measurement"]["tokenization"]  # SmolLM2's GGUF says add_bos_token = false: no BOS, as it asks
+    assert tokens["add_bos"] is False and not tokens["bos_prepended"] and tokens["scored_tokens"] == 4 * 128
+    assert "tokenizer.ggml.add_bos_token = false" in tokens["source"]
+    other = v[("other-vocabulary", "accuracy")]  # another vocabulary is an ERROR naming the first differing token
+    assert other["verdict"] == "error", other
+    assert "tokenizes dataset.text" in other["reason"] and "first difference at token 0" in other["reason"], other
 
 
 def test_a_wheel_that_is_not_the_pinned_one_fails_and_caches_nothing(

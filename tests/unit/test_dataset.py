@@ -90,8 +90,38 @@ def test_text_is_cut_into_windows_whose_labels_are_the_next_tokens(tmp_path: Pat
 
     dataset = Dataset(path=None, loader=None, inputs=(("", "tokens"),), labels="next_tokens",
                       text=tmp_path / "corpus.txt", context=4, chunks=2)
-    inputs, labels = text_chunks(list(range(100, 113)), dataset)
+    inputs, labels, facts = text_chunks(list(range(100, 113)), dataset)
     assert inputs[""].tolist() == [[100, 101, 102, 103], [105, 106, 107, 108]]
     assert labels.tolist() == [[101, 102, 103, 104], [106, 107, 108, 109]] and inputs[""].dtype == np.int32
-    with pytest.raises(DatasetError, match="3 tokens, fewer than one window of context \\+ 1 = 5"):
+    assert not facts["bos_prepended"] and facts["scored_tokens"] == 8 and facts["windows"] == 2
+    with pytest.raises(DatasetError, match="3 tokens, fewer than one window of 5 tokens \\(context 4 \\+ 1\\)"):
         text_chunks([1, 2, 3], dataset)
+
+
+def test_a_model_that_asks_for_bos_has_every_window_start_with_it(tmp_path: Path) -> None:
+    """BOS first, then context - 1 text tokens; every text token of the window is scored, the first one as BOS's
+    next token (how the model sees a text in use); EOS ends the text when the metadata asks for it."""
+    from certify.measure.dataset import same_tokenization, text_chunks
+
+    dataset = Dataset(path=None, loader=None, inputs=(("", "tokens"),), labels="next_tokens",
+                      text=tmp_path / "corpus.txt", context=4, chunks=3)
+    special = {"add_bos": True, "bos": 2, "add_eos": True, "eos": 1, "source": "GGUF metadata"}
+    inputs, labels, facts = text_chunks(list(range(100, 111)), dataset, special)
+    assert inputs[""].tolist() == [[2, 100, 101, 102], [2, 104, 105, 106], [2, 108, 109, 110]]
+    assert labels.tolist() == [[100, 101, 102, 103], [104, 105, 106, 107], [108, 109, 110, 1]]
+    assert facts["bos_prepended"] and facts["text_tokens"] == 12 and facts["source"] == "GGUF metadata"
+    with pytest.raises(DatasetError, match="fewer than one window of 4 tokens \\(context 4\\)"):
+        text_chunks([1, 2], dataset, special)
+
+    class Worker:  # a candidate's worker: tokenizes as it was told to
+        def __init__(self, answer: dict[str, object]) -> None:
+            self.answer = answer
+
+        def call(self, command: str, **_: object) -> object:
+            return self.answer if command == "text_tokens" else "?"
+
+    (tmp_path / "corpus.txt").write_text("text")
+    same_tokenization(dataset, facts, Worker({"tokens": list(range(100, 111)), "special": special}), None, 1.0)
+    with pytest.raises(DatasetError, match=r"BOS/EOS policy differs.*add_bos False vs True.*bos None vs 2"):
+        same_tokenization(dataset, facts, Worker({"tokens": list(range(100, 111)),
+                                                  "special": {**special, "add_bos": False}}), None, 1.0)
