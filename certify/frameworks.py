@@ -15,6 +15,12 @@ class Framework:
     backend: str  # "module:Class", imported only when a worker needs it
     install: str  # how to get it
     folder: bool = False  # a plan's path may name a model folder (else it must name a file)
+    foreign: tuple[tuple[str, str], ...] = ()  # (file suffix, what to do) for model files it cannot read
+
+
+GGUF_TO_MLX = ("a .gguf is llama.cpp's format (framework = \"llamacpp\"); mlx-lm does not read it: for MLX convert "
+               "the original Hugging Face model folder, python -m mlx_lm convert --hf-path <folder> --mlx-path <out> "
+               "(add -q for 4-bit), and name the output folder")
 
 
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
@@ -29,7 +35,9 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework("llamacpp", "certify.backends.llamacpp:LlamaCppBackend",
               "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'edge-certify[llamacpp]'"),
     Framework("mlx", "certify.backends.mlx:MlxBackend",
-              "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)", folder=True),
+              "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)", folder=True,
+              foreign=((".gguf", GGUF_TO_MLX), (".onnx", "an .onnx runs with framework = \"onnxruntime\"; MLX takes a "
+                                                           "model folder (mlx_lm convert, or model.json + weights)"))),
 )}
 
 

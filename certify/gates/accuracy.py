@@ -17,6 +17,7 @@ from certify.metrics import metric_for, refusal
 from certify.plan import ModelRef
 from certify.policy import Policy
 from certify.recipes import kind_of
+from certify.recipes.build import made_by
 from certify.records import AccuracyFigures
 from certify.verdict import FAIL, GateResult, decide, errored
 
@@ -50,8 +51,16 @@ def evaluate(ctx: GateContext) -> GateResult:
         result["same_file_as_baseline"] = True
     ctx.measurement.update(result, candidate_where=where)
     recipe = case.candidate.recipe
-    return accuracy_gate(result, ctx.policy, ctx.hint,
-                         made_by_recipe=recipe is not None and kind_of(recipe).stage != "conversion")
+    decided = accuracy_gate(result, ctx.policy, ctx.hint,
+                            made_by_recipe=recipe is not None and kind_of(recipe).stage != "conversion")
+    requantized = ((made_by(case.candidate) or {}).get("facts") or {}).get("requantized")
+    if requantized and requantized.get("upward"):  # allowed by the plan, but never to go unsaid
+        ctx.measurement["requantized"] = requantized
+        tensors = requantized["source_tensors"]
+        return replace(decided, reason=f"{decided.reason}; requantized upward: {requantized['target']} from a source "
+                       f"already quantized, mostly {requantized['source_type']} ({tensors[requantized['source_type']]} "
+                       f"of {sum(tensors.values())} quantized tensors): at best as faithful as the source, and larger")
+    return decided
 
 
 def same_file(candidate: ModelRef, baseline: ModelRef) -> bool:

@@ -409,9 +409,14 @@ def _existing_path(table: _Table, key: str, base: Path, *, folder: bool = False,
 def _model_path(table: _Table, base: Path, framework: str) -> Path:
     """A model's ``path``: a folder only for a framework that takes one (MLX); a third party's backend may."""
     known = FRAMEWORKS.get(framework)
-    return _existing_path(table, "path", base, folder=known.folder if known else True,
+    path = _existing_path(table, "path", base, folder=known.folder if known else True,
                           file_hint="name the model file itself (the .onnx, the IR's .xml or the .gguf); only "
                           + ", ".join(f.name for f in FRAMEWORKS.values() if f.folder) + " takes a folder")
+    refused = dict(known.foreign if known else ()).get(path.suffix.lower()) if path.is_file() else None
+    if refused:
+        raise table.error("path", f"{path.name}: framework {framework!r} cannot read a {path.suffix} file",
+                          hint=refused)
+    return path
 
 
 def _model_ref(table: _Table, base: Path, threads: int, layout: Layout, *, candidate: bool) -> ModelRef:

@@ -84,7 +84,13 @@ def build(context: BuildContext) -> dict[str, Any]:
 
 
 def _facts(context: BuildContext, artifact: Path) -> dict[str, Any]:
-    """What the tool says it did, where it records that (ONNX Runtime: how many nodes it quantized)."""
+    """What the tool says it did, where it records that (ONNX Runtime: how many nodes it quantized; llama.cpp: a
+    requantization of an already quantized source, ``certify.recipes.llamacpp.requantization``)."""
+    if context.recipe.tool == "llamacpp":
+        from certify.recipes.llamacpp import quantized_tensors, requantization
+
+        found = requantization(quantized_tensors(context.source), str(context.recipe.param("type", "Q8_0")).upper())
+        return {"requantized": found} if found else {}
     if context.recipe.tool != "onnxruntime":
         return {}
     from certify.recipes.ort import quantization_facts

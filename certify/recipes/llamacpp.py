@@ -8,7 +8,9 @@ otherwise: K-quant mixes such as Q4_K_M keep some tensors (attention V, FFN down
 A failed quantization fails as a whole: llama.cpp may leave a partial output file behind, which is deleted, and
 the error names the type, the source and llama.cpp's reason. Re-quantizing an already quantized source compounds
 two rounding errors; it is refused up front (llama.cpp would refuse it too, after it began writing) unless
-``allow_requantize = true``.
+``allow_requantize = true``. A requantization to more bits than the source's (Q8_0 from Q4_K_M, "upward") cannot
+recover what the source's rounding lost: allowed, it is recorded in ``recipe.json`` (``facts.requantized``,
+``requantization``) and the accuracy verdict says so.
 """
 
 from __future__ import annotations
@@ -63,6 +65,25 @@ def quantized_tensors(source: Path) -> dict[str, int]:
     return counts
 
 
+def nominal_bits(kind: str) -> int:
+    """The nominal bits of a GGML/ftype name: Q4_K_M -> 4, Q8_0 -> 8, IQ3_S -> 3, F16/BF16 -> 16, F32 -> 32."""
+    digits = "".join(c for c in kind.upper().lstrip("IQBF").split("_")[0] if c.isdigit())
+    return int(digits) if digits else 32
+
+
+def requantization(source_tensors: dict[str, int], target: str) -> dict[str, Any] | None:
+    """How ``target`` relates to a quantized source (None for a float source): the source's dominant quantized
+    type and bits, and whether the target has more bits (``upward``: it can be no more faithful than the source,
+    whose rounding it keeps, only larger)."""
+    if not source_tensors:
+        return None
+    dominant = max(sorted(source_tensors), key=lambda k: source_tensors[k])
+    source_bits, target_bits = nominal_bits(dominant), nominal_bits(target)
+    return {"source_tensors": dict(sorted(source_tensors.items())), "source_type": dominant,
+            "source_bits": source_bits, "target": target, "target_bits": target_bits,
+            "upward": target_bits > source_bits}
+
+
 def quantize(context: BuildContext, calibration: Calibration) -> Path:
     """Quantize the source GGUF to ``type`` into ``out_dir/model-<type>.gguf``."""
     recipe, source = context.recipe, context.source
@@ -75,10 +96,14 @@ def quantize(context: BuildContext, calibration: Calibration) -> Path:
     allow = bool(recipe.param("allow_requantize", False))
     if quantized and not allow:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(quantized.items()))
+        facts = requantization(quantized, name)
+        upward = (f"; {name} has more bits than its {facts['source_type']} weights, so it could only be larger, "
+                  "never more faithful" if facts and facts["upward"] else "")
         raise RecipeError(f"llama.cpp quantize {name}: the source {source.name} is already quantized (tensors: "
-                          f"{kinds})",
+                          f"{kinds}){upward}",
                           hint="quantize from the F32/F16 model (set the recipe's 'from' to it), or set "
-                               "allow_requantize = true and accept the compounded error")
+                               "allow_requantize = true and accept the compounded error (an upward one is marked "
+                               "in the verdict)")
     out = context.out_dir / ARTIFACT.format(type=name)
     run_quantize(source, out, ftype, allow_requantize=allow, threads=int(recipe.param("threads", 0)), name=name)
     return out

@@ -60,6 +60,14 @@ def test_an_mlx_folder_is_taken_but_never_an_empty_one(project: Path, tmp_path: 
     assert load_plan(project / "certify.toml").models[0].candidates[0].path == tmp_path / "mlx"
 
 
+def test_a_gguf_given_to_mlx_is_refused_with_the_way_to_convert(project: Path, tmp_path: Path) -> None:
+    (tmp_path / "gemma-3-270m-q4_k_m.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    err = error_of(project, with_candidate(tmp_path / "gemma-3-270m-q4_k_m.gguf", "mlx"))
+    assert err.key == CANDIDATE and "framework 'mlx' cannot read a .gguf file" in err.message
+    assert 'framework = "llamacpp"' in err.hint and "mlx_lm convert --hf-path" in err.hint
+    assert "not valid JSON" not in err.message + err.hint
+
+
 def test_a_third_party_backend_may_take_a_folder(project: Path, tmp_path: Path) -> None:
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "weights.bin").write_bytes(b"\0")

@@ -100,6 +100,21 @@ def test_an_already_quantized_source_is_refused_unless_requantizing_is_allowed(t
     assert "allow_requantize = true" in info.value.hint and not list((tmp_path / "refused").iterdir())
     requantized = build(tmp_path / "allowed", q8, type="Q4_0", allow_requantize=True)
     assert file_type(requantized) == "Q4_0"
+    q4 = quantized(source, tmp_path / "q4.gguf", "Q4_0")  # upward: Q8_0 from Q4_0 only grows
+    with pytest.raises(RecipeError, match="Q8_0 has more bits than its Q4_0 weights, so it could only be larger"):
+        build(tmp_path / "upward", q4, type="Q8_0")
+
+
+def test_requantizations_are_told_apart_by_their_bits() -> None:
+    from certify.recipes.llamacpp import requantization
+
+    assert requantization({}, "Q4_K_M") is None  # a float source: a quantization, not a requantization
+    up = requantization({"Q4_1": 210, "Q8_0": 1}, "Q8_0")  # SmolLM2's published Q4_1: the embedding is Q8_0
+    assert up is not None and up["upward"] and (up["source_type"], up["source_bits"], up["target_bits"]) == ("Q4_1", 4, 8)
+    down = requantization({"Q8_0": 30}, "Q2_K")
+    assert down is not None and not down["upward"]
+    same = requantization({"Q4_1": 12}, "Q4_0")  # the same bits: a requantization, not upward
+    assert same is not None and not same["upward"]
 
 
 def test_a_failed_llama_cpp_quantization_leaves_no_partial_file(tmp_path: Path, source: Path) -> None:
