@@ -86,6 +86,8 @@ class MemoryFigures(TypedDict):
     file_bytes: int
     executed_device: str
     method: str
+    workload: str  # what ran between the load and the reading
+    reported_buffers: dict[str, int]  # the runtime's own split (llama.cpp: weights, kv_cache, compute, output)
 
 
 class AccuracyFigures(TypedDict, total=False):

@@ -46,6 +46,20 @@ ERROR_WORDS = ("error", "failed", "invalid")
 LOAD_ERROR = "error loading model: "
 TRUNCATION_WORDS = ("bounds", "corrupt", "incomplete", "magic", "failed to read", "eof", "truncated")
 OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+BUFFER = re.compile(r"(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+BUFFER_NAMES = {"model": "weights", "KV": "kv_cache", "compute": "compute", "output": "output"}
+
+
+def reported_buffers(lines: list[tuple[int, str]]) -> dict[str, int]:
+    """The buffers llama.cpp reports allocating at load (its ``... buffer size = N MiB`` lines, every device
+    summed): ``weights``, ``kv_cache`` (for the whole n_ctx), ``compute`` (reserved for the worst-case batch;
+    only what a batch touches becomes resident) and ``output`` (the logits buffer), in bytes."""
+    found: dict[str, int] = {}
+    for _, text in lines:
+        for kind, mib in BUFFER.findall(text):
+            name = BUFFER_NAMES[kind]
+            found[name] = found.get(name, 0) + round(float(mib) * 1024 * 1024)
+    return found
 GPU_BUILDS = ("rebuild llama-cpp-python with a GPU backend, e.g. CMAKE_ARGS='-DGGML_CUDA=on' (NVIDIA), "
               "'-DGGML_METAL=on' (Apple), '-DGGML_VULKAN=on' or '-DGGML_HIP=on' (AMD)")
 
@@ -224,6 +238,7 @@ class LlamaCppBackend:
         self._log = LogCapture()
         self._n_ctx = self._n_batch = self._n_vocab = self._pos = 0
         self._offload: tuple[int, int] | None = None  # (offloaded, total) as llama.cpp logged it
+        self._buffers: dict[str, int] = {}  # what llama.cpp reported allocating at load (reported_buffers)
 
     @classmethod
     def import_runtime(cls) -> None:
@@ -285,6 +300,7 @@ class LlamaCppBackend:
         found = [OFFLOADED.search(text) for _, text in self._log.lines()]
         match = next((m for m in reversed(found) if m), None)
         self._offload = (int(match[1]), int(match[2])) if match else None
+        self._buffers = reported_buffers(self._log.lines())
 
     @staticmethod
     def _construct(path: str, settings: Mapping[str, Any]) -> Any:
@@ -424,7 +440,7 @@ class LlamaCppBackend:
             "use_mmap": settings["use_mmap"], "kv_cache_type": settings["kv_cache_type"],
             "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
             "n_gpu_layers_requested": settings["n_gpu_layers"], "n_gpu_layers_effective": offloaded,
-            "n_layers_offloadable": total, "model": self._model_info(),
+            "n_layers_offloadable": total, "model": self._model_info(), "buffers": dict(self._buffers),
         }
 
     def _model_info(self) -> dict[str, Any]:

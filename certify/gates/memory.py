@@ -1,5 +1,6 @@
 """The memory gate: the candidate's working set (peak resident memory of a fresh worker after load and inference,
-minus its footprint before the load) is at least ``min_memory_reduction`` below the baseline's. The baseline is
+minus its footprint before the load, under a deployment-like workload: ``footprint.measure_memory``) is at least
+``min_memory_reduction`` below the baseline's. The baseline is
 measured once per session and reused by every candidate of the model."""
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from certify.verdict import GateResult, decide
 
 def evaluate(ctx: GateContext) -> GateResult:
     case, feeds, measure = ctx.case, ctx.speed_feeds(), ctx.plan.measure
-    base = ctx.store.cached_json(safe_name(case.model.name) + "-baseline-memory",
-                                 lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure))
-    cand = footprint.measure_memory("candidate", case.candidate, feeds, measure)
+    lm = case.model.dataset.text is not None
+    base = ctx.store.cached_json(
+        safe_name(case.model.name) + "-baseline-memory",
+        lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure, language_model=lm))
+    cand = footprint.measure_memory("candidate", case.candidate, feeds, measure, language_model=lm)
     ctx.measurement.update(baseline=base, candidate=cand)
     return memory_gate(base, cand, ctx.policy, ctx.hint)
 
@@ -32,8 +35,13 @@ def memory_gate(base: MemoryFigures, cand: MemoryFigures, policy: Policy, hint: 
                "baseline_mapped_bytes": base.get("mapped_model_bytes"),
                "candidate_mapped_bytes": cand.get("mapped_model_bytes"),
                "baseline_bytes_without_mapped": base.get("model_bytes_without_mapped"),
-               "candidate_bytes_without_mapped": cand.get("model_bytes_without_mapped")}
+               "candidate_bytes_without_mapped": cand.get("model_bytes_without_mapped"),
+               "workload": cand.get("workload"), "baseline_buffers": base.get("reported_buffers"),
+               "candidate_buffers": cand.get("reported_buffers")}
     mapped = cand.get("mapped_model_bytes") or 0
+    split = cand.get("reported_buffers") or {}
+    if split:
+        label += " (runtime's buffers: " + ", ".join(f"{k} {v / mib:.1f}" for k, v in split.items()) + " MiB)"
     if mapped:
         label += f" of which {mapped / mib:.1f} MiB are the candidate's file pages mapped (counted)"
     return decide("memory", label, value, interval, policy.min_memory_reduction, policy=policy, unit="%",

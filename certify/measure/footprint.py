@@ -21,6 +21,7 @@ from certify.plan import Measure, ModelRef
 from certify.records import MemoryFigures
 
 INFERENCES = 20
+GENERATED_TOKENS = 64  # a language model's workload: one prompt, then this many tokens generated
 
 
 def model_files_bytes(ref: ModelRef) -> int:
@@ -28,7 +29,13 @@ def model_files_bytes(ref: ModelRef) -> int:
     return sum(f.stat().st_size for f in model_files(ref.file))
 
 
-def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measure: Measure) -> MemoryFigures:
+def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measure: Measure, *,
+                   language_model: bool = False) -> MemoryFigures:
+    """The working set under the model's deployment-like workload: ``INFERENCES`` inferences of the speed input;
+    for a language model, what serving does: one prompt evaluated computing only its last position's logits, then
+    ``GENERATED_TOKENS`` tokens generated with the KV cache (never every position's logits, a buffer of prompt x
+    vocabulary floats that only evaluation needs). The runtime's own report of its buffers (weights, KV cache,
+    compute, output; llama.cpp) is kept next to the measured figure."""
     samples: list[int] = []
     last: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
@@ -37,7 +44,11 @@ def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measu
         with WorkerClient(role, ref, measure.timeout_s) as worker:
             loaded = worker.call("load", ref=ref)
             worker.call("feeds", key="mem", arrays=feeds)
-            worker.call("run", key="mem", iterations=INFERENCES)
+            if language_model:
+                worker.call("run", key="mem", iterations=1, mode="prompt")
+                worker.call("run", key="mem", iterations=GENERATED_TOKENS, mode="decode")
+            else:
+                worker.call("run", key="mem", iterations=INFERENCES)
             last = worker.call("memory")
         samples.append(last["peak"] - last["rss_before"])
         mapped.append(last["mapped_model"])
@@ -51,4 +62,8 @@ def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measu
         "rss_before": last["rss_before"], "peak": last["peak"], "peak_reset": last["peak_reset"],
         "file_bytes": model_files_bytes(ref), "executed_device": loaded["executed_device"],
         "method": "VmHWM after reset minus RSS before load" if last["peak_reset"] else "ru_maxrss minus RSS before",
+        "workload": (f"one {next(iter(feeds.values())).shape[-1]}-token prompt (last position's logits only), then "
+                     f"{GENERATED_TOKENS} tokens generated with the KV cache" if language_model
+                     else f"{INFERENCES} inferences of the speed input"),
+        "reported_buffers": dict(loaded.get("info", {}).get("buffers") or {}),
     }

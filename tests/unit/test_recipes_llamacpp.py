@@ -110,7 +110,8 @@ def test_requantizations_are_told_apart_by_their_bits() -> None:
 
     assert requantization({}, "Q4_K_M") is None  # a float source: a quantization, not a requantization
     up = requantization({"Q4_1": 210, "Q8_0": 1}, "Q8_0")  # SmolLM2's published Q4_1: the embedding is Q8_0
-    assert up is not None and up["upward"] and (up["source_type"], up["source_bits"], up["target_bits"]) == ("Q4_1", 4, 8)
+    assert up is not None and up["upward"]
+    assert (up["source_type"], up["source_bits"], up["target_bits"]) == ("Q4_1", 4, 8)
     down = requantization({"Q8_0": 30}, "Q2_K")
     assert down is not None and not down["upward"]
     same = requantization({"Q4_1": 12}, "Q4_0")  # the same bits: a requantization, not upward
