@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 LABELS = {"device": "device fallback", "load_failure": "load failure", "recovery": "recovery"}
 SAMPLE_ROWS, SAMPLE_PROMPTS = 32, 2  # the few dataset inputs every scenario answers
+SAMPLE_TOKENS = 32  # a language model's sample prompts are cut to this many tokens: every answer is all positions'
+# logits (tokens x vocabulary floats; 2 x 256 x 262,144 would be 512 MiB per answer, held by the parent)
 STREAM_REQUESTS = 3  # requests served before the fault
 DEVICE_TOLERANCE = (1e-3, 1e-4)  # (rtol, atol x output scale): another device or plugin may round differently
 SAME_TOLERANCE = (1e-4, 1e-5)  # the same model on the same device, in another process or batch
@@ -106,8 +108,9 @@ def missing_device(ctx: GateContext, ref: ModelRef) -> str:
 
 def sample(ctx: GateContext) -> dict[str, np.ndarray]:
     inputs, _ = ctx.data()
-    rows = SAMPLE_PROMPTS if ctx.case.model.dataset.text is not None else SAMPLE_ROWS
-    return batching.select(ctx.case.model.layout, inputs, slice(0, rows))
+    if ctx.case.model.dataset.text is not None:
+        return {name: np.ascontiguousarray(array[:SAMPLE_PROMPTS, :SAMPLE_TOKENS]) for name, array in inputs.items()}
+    return batching.select(ctx.case.model.layout, inputs, slice(0, SAMPLE_ROWS))
 
 
 def answer(worker: WorkerClient, inputs: dict[str, np.ndarray], batch_size: int, key: str = "fallback") -> np.ndarray:

@@ -117,7 +117,7 @@ def _measure_once(ctx: GateContext) -> tuple[dict[str, Any], dict[str, Any], int
         served = worker.call("serve_load", timeout_s=deadline, keys=keys,
                              clients=stress.clients, duration_s=stress.duration_s, rate=stress.rate,
                              windows=stress.windows, sample_every=stress.sample_every, seed=measure.seed,
-                             drain_s=drain)
+                             drain_s=drain, request="prompt" if case.model.dataset.text is not None else "infer")
     return analyse(served, stress.windows), loaded, batching.samples(case.model.layout, requests[0])
 
 
@@ -249,7 +249,7 @@ def analyse(served: dict[str, Any], windows: int) -> dict[str, Any]:
     closed = _phase(served["closed"], windows, iso_p99, np.empty(0, np.int64))
     phases = [served["isolated"], served["closed"]]
     figures: dict[str, Any] = {
-        "clients": served["clients"], "served_one_at_a_time": served["serialized"],
+        "clients": served["clients"], "served_one_at_a_time": served["serialized"], "request": served.get("request"),
         "executed_device": served["executed_device"], "distinct_requests": served["distinct_requests"],
         "host_cpus": served["host_cpus"],
         "isolated": {"latency": stats.summarize(isolated["records"][:, 1]), "p99_ms": iso_p99,
@@ -353,11 +353,13 @@ def stress_gate(figures: dict[str, Any], policy: Policy, hint: str) -> GateResul
     grown = f" (grown from {planned:.3g} s for {MIN_WINDOW_REQUESTS} requests a window)" \
         if closed["duration_s"] > planned + 0.5 else ""
     load = (f"{figures['clients']} clients for {closed['duration_s']:.3g} s{grown}, {closed['requests_per_s']:.4g} "
-            f"requests/s" + (f", open loop at {figures['open_loop']['rate']:g}/s" if "open_loop" in figures else "")
+            f"requests/s" + (" (a request: one prompt up to its first token)"
+                             if figures.get("request", "").startswith("one prompt") else "")
+            + (f", open loop at {figures['open_loop']['rate']:g}/s" if "open_loop" in figures else "")
             + (", served one at a time through a lock (the backend is not thread-safe)"
                if figures["served_one_at_a_time"] else ""))
-    details = {k: figures[k] for k in ("clients", "requests", "errors", "first_errors", "outputs",
-                                       "served_one_at_a_time", "executed_device")} | {
+    details = {k: figures.get(k) for k in ("clients", "requests", "errors", "first_errors", "outputs",
+                                           "served_one_at_a_time", "executed_device", "request")} | {
         "closed_loop_p99_ms": closed["p99_ms"], "isolated_p99_ms": figures["isolated"]["p99_ms"],
         "throughput_decay": closed["throughput_decay"], "windows_per_s": closed["windows_per_s"],
         "requests_per_s": closed["requests_per_s"], "memory_slope_mib_per_min": figures["memory"]["slope_mib_per_min"],

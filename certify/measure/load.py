@@ -421,15 +421,27 @@ def serialized(infer: Infer) -> Infer:
     return call
 
 
+def prompt_request(backend: Any) -> Infer:
+    """A language model's serving request: each prompt (a row of ``tokens``) evaluated from an empty context up to
+    its first generated token (``prefill``: last position's logits only), answered with those tokens."""
+    def call(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray([backend.prefill(row) for row in np.asarray(feeds["tokens"])], dtype=np.int64)]
+
+    return call
+
+
 def serve(worker: Any, keys: list[str], clients: int, duration_s: float, rate: float, windows: int,
-          sample_every: int, seed: int, drain_s: float) -> dict[str, Any]:
+          sample_every: int, seed: int, drain_s: float, request: str = "infer") -> dict[str, Any]:
     """The whole load run on ``worker``'s loaded backend, over the prepared feeds ``keys`` (one distinct request
-    each). Returns every phase's record (see ``summary``) for the parent to judge."""
+    each). ``request = "prompt"``: a language model serves prompts (``prompt_request``), not evaluations of
+    every position's logits. Returns every phase's record (see ``summary``) for the parent to judge."""
     backend = worker.backend
     thread_safe = bool(getattr(type(backend), "thread_safe", False))
-    load = Load(backend.infer if thread_safe else serialized(backend.infer), [worker.feeds[k] for k in keys],
-                sample_every)
+    infer = prompt_request(backend) if request == "prompt" else backend.infer
+    load = Load(infer if thread_safe else serialized(infer), [worker.feeds[k] for k in keys], sample_every)
     result: dict[str, Any] = {"serialized": not thread_safe, "clients": clients, "distinct_requests": len(keys),
+                              "request": ("one prompt up to its first generated token" if request == "prompt"
+                                          else "one inference of the request's inputs"),
                               "reference_repeat_max_abs_diff": load.reference()}
     result["isolated"] = isolated = load.isolated(*isolated_bounds(duration_s))
     alone_s = (isolated["memory"][-1, 0] - isolated["memory"][0, 0]) / 1e9
