@@ -120,9 +120,10 @@ def text_chunks(tokens: list[int], dataset: Dataset, special: dict[str, Any] | N
     inputs do in use); otherwise ``context`` tokens scored on the next ones. With ``add_eos`` the text ends in EOS."""
     special = dict(special or {"add_bos": False, "add_eos": False, "source": "not given"})
     text_ids = list(tokens)
-    bos = special.get("bos") if special.get("add_bos") else None
-    if special.get("add_eos") and special.get("eos") is not None:
-        tokens = [*tokens, int(special["eos"])]
+    policy = special_policy(special)
+    bos = policy["bos"]
+    if policy["eos"] is not None:
+        tokens = [*tokens, int(policy["eos"])]
     window = dataset.context if bos is not None else dataset.context + 1
     count = min(dataset.chunks, len(tokens) // window)
     if count == 0:
