@@ -38,6 +38,17 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
               "pip install 'edge-certify[mlx]' (mlx[cpu] on Linux: plain mlx has no CPU library there)", folder=True,
               foreign=((".gguf", GGUF_TO_MLX), (".onnx", "an .onnx runs with framework = \"onnxruntime\"; MLX takes a "
                                                            "model folder (mlx_lm convert, or model.json + weights)"))),
+    Framework("transformers", "certify.backends.transformers:TransformersBackend",
+              "pip install 'edge-certify[transformers]' with a CPU torch first (bash scripts/install.sh transformers)",
+              folder=True, foreign=((".gguf", "a .gguf runs with framework = \"llamacpp\""),
+                                    (".onnx", "an .onnx runs with framework = \"onnxruntime\" (or an ONNX Runtime "
+                                              "GenAI folder with framework = \"ortgenai\")"))),
+    Framework("ortgenai", "certify.backends.ortgenai:OrtGenAiBackend",
+              "pip install 'edge-certify[ortgenai]' (onnxruntime-genai; onnxruntime-genai-cuda / -directml for GPUs)",
+              folder=True, foreign=((".gguf", "a .gguf runs with framework = \"llamacpp\""),)),
+    Framework("ovgenai", "certify.backends.ovgenai:OpenVinoGenAiBackend",
+              "pip install 'edge-certify[ovgenai]' (openvino-genai, openvino-tokenizers)",
+              folder=True, foreign=((".gguf", "a .gguf runs with framework = \"llamacpp\""),)),
 )}
 
 

@@ -14,7 +14,7 @@ extras="${1:-demo}"
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 cd "$(dirname "$0")/.."
 case ",$extras," in
-  *,olive,*|*,demo,*|*,dev,*)
+  *,olive,*|*,demo,*|*,dev,*|*,transformers,*)
     if [[ -n "${CERTIFY_TORCH_INDEX:-}" ]]; then
       python -m pip install --index-url "$CERTIFY_TORCH_INDEX" --extra-index-url https://pypi.org/simple \
         "${CERTIFY_TORCH:-torch==2.13.0}"
@@ -23,3 +23,10 @@ case ",$extras," in
     fi ;;
 esac
 python -m pip install -e ".[${extras}]"
+# The tests export the tiny Hugging Face checkpoint to OpenVINO with optimum-intel, which requires torchvision; the
+# torchvision on PyPI is built for the CUDA torch and, beside a CPU torch, breaks every `import transformers`
+# ("operator torchvision::nms does not exist"). LLM export does not use torchvision, so install optimum-intel
+# without its dependencies (the others come with the dev extra).
+case ",$extras," in
+  *,dev,*) python -m pip install --no-deps "optimum-intel==2.2.0" "optimum==2.3.0" ;;
+esac

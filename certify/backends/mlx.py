@@ -78,6 +78,7 @@ from certify.backends.mlx_folders import (
     quantized_layer_count,
     read_spec,
 )
+from certify.backends.special import added_specials
 from certify.errors import BackendUnavailable, ModelError
 from certify.frameworks import install_hint
 from certify.plan.types import ModelRef
@@ -283,12 +284,8 @@ class MlxBackend:
         if self.config is None:
             return {"add_bos": False, "bos": None, "add_eos": False, "eos": None, "source": "byte-level tokenizer"}
         tok = self._lm_tokenizer()
-        plain = [int(t) for t in tok.encode("a", add_special_tokens=False)]
-        full = [int(t) for t in tok.encode("a", add_special_tokens=True)]
-        at = next((i for i in range(len(full)) if full[i:i + len(plain)] == plain), len(full))
-        before, after = full[:at], full[at + len(plain):]
-        return {"add_bos": bool(before), "bos": before[0] if before else None, "add_eos": bool(after),
-                "eos": after[-1] if after else None, "source": "the folder's tokenizer (add_special_tokens)"}
+        return added_specials(lambda text, special: tok.encode(text, add_special_tokens=special),
+                              "the folder's tokenizer (add_special_tokens)")
 
     def detokenize(self, tokens: list[int]) -> str:
         if self.config is not None:
