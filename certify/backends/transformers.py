@@ -163,7 +163,7 @@ class TransformersBackend:
         try:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(
+            model: Any = AutoModelForCausalLM.from_pretrained(
                 str(self.folder), local_files_only=True, trust_remote_code=False,
                 dtype=getattr(torch, settings["dtype"]))
         except Exception as exc:

@@ -19,7 +19,7 @@ from certify.plan import ModelRef
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from certify.fixtures import hf_llama  # noqa: E402
+from certify.fixtures import hf_llama
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,11 @@ def test_bfloat16_differs_and_bad_options_are_named(checkpoint: Path) -> None:
     f32, bf16 = loaded(checkpoint).infer({"tokens": tokens})[0], loaded(checkpoint, dtype="bfloat16")
     assert bf16.info()["dtype"] == "bfloat16"
     assert 0 < np.abs(bf16.infer({"tokens": tokens})[0] - f32).max() < 1.0
-    with pytest.raises(ModelError, match="options.dtype = 'int3'"):
+    with pytest.raises(ModelError, match=r"options\.dtype = 'int3'"):
         loaded(checkpoint, dtype="int3")
     with pytest.raises(ModelError, match="n_ctx = 8"):
         loaded(checkpoint, n_ctx=8).infer({"tokens": np.ones((1, 9), np.int32)})
-    with pytest.raises(ModelError, match="outside the vocabulary|must lie in"):
+    with pytest.raises(ModelError, match=r"outside the vocabulary|must lie in"):
         loaded(checkpoint).infer({"tokens": np.array([[1, 512]], np.int32)})
 
 
@@ -87,7 +87,7 @@ def test_folders_that_run_code_or_lack_parts_are_refused(checkpoint: Path, tmp_p
     (copy / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="holds no weights"):
         loaded(copy)
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         loaded(tmp_path)
 
 
