@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 from collections.abc import Mapping
@@ -217,7 +218,10 @@ def load_mlx_lm(folder: Path) -> tuple[Any, dict[str, Any]]:
         raise ModelError(f"mlx: no weights in {folder} (looked for {MLX_LM_WEIGHTS})",
                          hint="an mlx-lm folder holds config.json and model.safetensors, as mlx_lm.convert writes")
     try:
-        model, config = utils.load_model(folder, strict=True, trust_remote_code=False)
+        # mlx-lm >= 0.32 can run a folder's own model code unless told not to; older releases never do
+        safe = {"trust_remote_code": False} if "trust_remote_code" in inspect.signature(utils.load_model).parameters \
+            else {}
+        model, config = utils.load_model(folder, strict=True, **safe)
     except Exception as exc:
         if isinstance(exc, ValueError) and "not supported" in str(exc):
             raise ModelError(f"mlx: {file}: model_type {model_type!r} is not an architecture of mlx-lm "
