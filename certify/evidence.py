@@ -171,16 +171,19 @@ class EvidenceStore:
         for every run on this host, whatever its report folder."""
         return measurement_lock(measurement_lock_path(), exclusive=exclusive)
 
-    def cached_json(self, key: str, compute: Callable[[], T]) -> T:
+    def cached_json(self, key: str, compute: Callable[[], T], *, owner: str = "") -> T:
         """``compute()``'s JSON value, computed once per run folder (what every case of a model shares, e.g. the
-        baseline's memory) and read back as stored."""
+        baseline's memory) and read back as stored. ``owner`` (the case that asks) is remembered with the first
+        computation: ``shared_origin`` says who measured it and when."""
         path = self.run_dir / "cache" / f"{key}.json"
         with file_lock(path.with_suffix(".lock")):
             if not path.exists():
                 write_json_atomic(path, compute())
+                self._note_origin(key, owner)
             return cast(T, json.loads(path.read_text(encoding="utf-8")))
 
-    def cached_array(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def cached_array(self, key: str, compute: Callable[[], np.ndarray], *, owner: str = "") -> np.ndarray:
+        """Like ``cached_json``, for an array (stored as .npy)."""
         path = self.run_dir / "cache" / f"{key}.npy"
         with file_lock(path.with_suffix(".lock")):
             if path.exists():
@@ -189,4 +192,20 @@ class EvidenceStore:
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, value, allow_pickle=False)
             os.replace(tmp, path)
+            self._note_origin(key, owner, value.nbytes)
             return value
+
+    def _note_origin(self, key: str, owner: str, stored_bytes: int | None = None) -> None:
+        origin = {"key": key, "measured_for": owner, "measured_at": time.time(), "stored_bytes": stored_bytes}
+        write_json_atomic(self.run_dir / "cache" / f"{key}.origin.json", origin)
+
+    def shared_origin(self, key: str, asker: str) -> dict[str, Any]:
+        """What a case records about a measurement it shares with the model's other cases (the baseline's outputs
+        or memory, measured once per session): the cache key, which case measured it, when, and whether this
+        case (``asker``) reused it rather than measured it."""
+        path = self.run_dir / "cache" / f"{key}.origin.json"
+        try:
+            origin = dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            origin = {"key": key, "measured_for": None, "measured_at": None}
+        return {**origin, "shared": True, "reused": origin.get("measured_for") != asker}

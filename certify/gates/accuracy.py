@@ -28,10 +28,12 @@ def evaluate(ctx: GateContext) -> GateResult:
     bs = case.model.dataset.batch_size
     metric = metric_for(case.model.metric, dict(case.model.metric_params))
     lm = metric.language_model
+    key = safe_name(case.model.name) + ("-baseline-token-scores" if lm else "-baseline-outputs")
     base_out = ctx.store.cached_array(
-        safe_name(case.model.name) + ("-baseline-token-scores" if lm else "-baseline-outputs"),
-        lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure,
-                                 tokens=accuracy.language_model_scoring(labels) if lm else None)[0])
+        key, lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure,
+                                      tokens=accuracy.language_model_scoring(labels) if lm else None)[0],
+        owner=case.key)
+    ctx.measurement["baseline_shared"] = ctx.store.shared_origin(key, case.key)
     reason, use = refusal(metric, base_out, labels, chunked=bool(case.model.layout.carry))
     if reason:  # the harness cannot judge with this metric: an ERROR of the plan, not the candidate's FAIL
         return errored("accuracy", f"metric {metric.name!r} cannot judge this model: {reason}", hint=use)

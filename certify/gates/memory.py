@@ -16,11 +16,12 @@ from certify.verdict import GateResult, decide
 def evaluate(ctx: GateContext) -> GateResult:
     case, feeds, measure = ctx.case, ctx.speed_feeds(), ctx.plan.measure
     lm = case.model.dataset.text is not None
+    key = safe_name(case.model.name) + "-baseline-memory"
     base = ctx.store.cached_json(
-        safe_name(case.model.name) + "-baseline-memory",
-        lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure, language_model=lm))
+        key, lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure, language_model=lm),
+        owner=case.key)
     cand = footprint.measure_memory("candidate", case.candidate, feeds, measure, language_model=lm)
-    ctx.measurement.update(baseline=base, candidate=cand)
+    ctx.measurement.update(baseline=base, candidate=cand, baseline_shared=ctx.store.shared_origin(key, case.key))
     return memory_gate(base, cand, ctx.policy, ctx.hint)
 
 
