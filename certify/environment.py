@@ -11,7 +11,7 @@ from certify import DISTRIBUTION, __version__
 
 KEY_PACKAGES = ("numpy", "pytest", "pytest-xdist", "pytest-benchmark", "onnxruntime", "onnxruntime-gpu",
                 "onnxruntime-openvino", "onnx", "openvino", "nncf", "olive-ai", "llama-cpp-python", "mlx", "mlx-lm",
-                "torch", "psutil")
+                "onnxruntime-genai", "openvino-genai", "openvino-tokenizers", "transformers", "torch", "psutil")
 
 
 def _normal(name: str) -> str:

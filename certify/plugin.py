@@ -152,7 +152,33 @@ def _terminate_like_ctrl_c() -> Any:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    _default_sigterm_in_forks()
     return interrupt
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def _default_sigterm_in_forks() -> None:
+    """A child forked from the session (a framework's helper process, e.g. OpenVINO's telemetry sender, which its
+    parent ends with SIGTERM after 3 s) gets the default SIGTERM back: with the session's handler it would only
+    raise in Python, and a child stuck in C (a DNS lookup with no network) would never die, holding the
+    session's stdout open. Registered once per process."""
+    import os
+    import signal
+
+    if _FORK_HOOK:
+        return
+    _FORK_HOOK.append(True)
+
+    def restore() -> None:
+        try:
+            if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:  # not the child's main thread: nothing to restore from here
+            pass
+
+    os.register_at_fork(after_in_child=restore)
 
 
 def _check_resumable(state: SessionState) -> None:

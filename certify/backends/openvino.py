@@ -80,7 +80,7 @@ def _numpy_dtype(name: str) -> bool:
     return True
 
 
-def _ov() -> Any:
+def ov_module() -> Any:
     """The openvino module, imported on first use (never at import time of this module)."""
     import openvino  # no py.typed (2026.4)
 
@@ -88,19 +88,19 @@ def _ov() -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _core() -> Any:
+def ov_core() -> Any:
     """One Core per process, made when the runtime is imported: listing the devices loads their plugins then,
     before a worker takes its memory baseline, so a model's memory is the model's, not the plugin libraries'."""
-    core = _ov().Core()
+    core = ov_module().Core()
     _ = core.available_devices
     return core
 
 
 def _version() -> str:
-    return str(_ov().__version__).split("-")[0]
+    return str(ov_module().__version__).split("-")[0]
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A read-back property as a JSON-friendly value: enums by name, element types as 'f32'/'bf16', counts as ints."""
     if isinstance(value, str):
         return int(value) if value.isdigit() else value
@@ -145,7 +145,7 @@ def port_by_name(model: Any) -> dict[str, int]:
 def static_reshape(model: Any, asked: Mapping[str, list[int]]) -> dict[int, list[int]]:
     """The new shape of each input port whose declared shape is not already ``asked``; a ModelError for an
     unknown input, two names of one port asked differently, or a shape the declared static dims refuse."""
-    ov, ports = _ov(), port_by_name(model)
+    ov, ports = ov_module(), port_by_name(model)
     wanted: dict[int, list[int]] = {}
     for name, shape in asked.items():
         if name not in ports:
@@ -220,7 +220,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
     @classmethod
     def import_runtime(cls) -> None:
         try:
-            _core()
+            ov_core()
         except Exception as exc:
             raise BackendUnavailable(f"openvino is not importable: {exc}", hint=cls.install_hint) from None
 
@@ -229,7 +229,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
         """A plain device must be listed by OpenVINO; for AUTO/HETERO/MULTI one listed device suffices."""
         device = ov_device(ref)
         try:
-            core = _core()
+            core = ov_core()
             available = [str(d) for d in core.available_devices]
             seen = ", ".join(f"{d} ({core.get_property(d, 'FULL_DEVICE_NAME')})" for d in available)
         except Exception as exc:  # never raise here: the answer decides a skip
@@ -279,7 +279,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
 
     def load(self) -> None:
         self._config = self.compile_config()
-        core = _core()
+        core = ov_core()
         self._available = [str(d) for d in core.available_devices]
         model = self._read(core)
         self._reshape(model)
@@ -289,7 +289,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
         except Exception as exc:  # pybind RuntimeError with nested C++ locations: keep the cause only
             cause = first_cause(exc)
             raise ModelError(f"OpenVINO could not compile {self.ref.file.name} for device {self.device!r}: {cause}",
-                             hint=self._compile_hint(cause)) from None
+                             hint=self.compile_hint(cause)) from None
         # names from the model as read: a compiled port may carry fused names first ('a1' for ONNX output 'y')
         self._inputs = [self._spec(i, port) for i, port in enumerate(model.inputs)]
         self._dtypes = {spec.name: np.dtype(spec.dtype) for spec in self._inputs if _numpy_dtype(spec.dtype)}
@@ -319,7 +319,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
         reshape = static_reshape(model, asked)
         if not reshape:
             return
-        ov = _ov()
+        ov = ov_module()
         try:
             model.reshape({model.inputs[i]: ov.PartialShape(shape) for i, shape in reshape.items()})
         except Exception as exc:  # e.g. a Reshape with a constant target shape that the new dims contradict
@@ -333,7 +333,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
         return {spec.name: _dims(port.get_partial_shape())
                 for spec, port in zip(self._inputs, self._compiled.inputs, strict=True)}
 
-    def _compile_hint(self, cause: str) -> str:
+    def compile_hint(self, cause: str) -> str:
         """A device that failed gets its driver; any other compile failure points at the plan's properties."""
         if not any(sign in cause for sign in DEVICE_FAILURES):
             return "check options.performance_hint, num_streams and config against the device's SUPPORTED_PROPERTIES"
@@ -394,7 +394,7 @@ model has them; dynamic dims show as strings ('?', '1..8').
         data = np.asarray(array) if dtype is None else np.asarray(array, dtype=dtype)
         if not (data.flags.c_contiguous and data.flags.writeable):
             data = np.array(data, order="C")
-        request.set_tensor(name, _ov().Tensor(data, shared_memory=True))
+        request.set_tensor(name, ov_module().Tensor(data, shared_memory=True))
         return data
 
     def executed_device(self) -> str:
@@ -406,13 +406,13 @@ model has them; dynamic dims show as strings ('?', '1..8').
         supported = self._compiled.get_property("SUPPORTED_PROPERTIES")
         if "DEVICE_PROPERTIES" in supported:
             per_device = self._compiled.get_property("DEVICE_PROPERTIES")
-            return {str(dev): {k: _plain(v) for k, v in props.items() if k in READ_BACK}
+            return {str(dev): {k: plain_value(v) for k, v in props.items() if k in READ_BACK}
                     for dev, props in per_device.items()}
-        return {self.executed_device(): {k: _plain(self._compiled.get_property(k)) for k in READ_BACK
+        return {self.executed_device(): {k: plain_value(self._compiled.get_property(k)) for k in READ_BACK
                                          if k in supported}}
 
     def info(self) -> dict[str, Any]:
-        ov = _ov()
+        ov = ov_module()
         in_force, executed = self.in_force(), self.executed_device().split(",")
         first = in_force.get(executed[0]) or next(iter(in_force.values()), {})  # the device that ran first
         return {

@@ -33,3 +33,33 @@ def test_an_interrupted_session_adopts_the_verdicts_its_evidence_holds(tmp_path:
     assert "measurement" not in state.entries["unreported::case"]
     assert "result" not in state.entries["stale::case"]  # evidence from before this session is not adopted
     assert "uncollected::case" not in state.entries
+
+
+def _report_sigterm(queue: Any) -> None:
+    import signal
+
+    queue.put(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+
+
+def test_a_child_forked_from_the_session_dies_on_sigterm() -> None:
+    """The session turns SIGTERM into Ctrl-C; a process a framework forks from it (OpenVINO's telemetry sender,
+    ended by its parent with SIGTERM after 3 s) must get the default action back, or a child blocked in C (a DNS
+    lookup with no network) never dies and holds the session's stdout open. Measured here before the fix: such a
+    child outlived its pytest session, blocked in getaddrinfo."""
+    import multiprocessing
+    import signal
+
+    from certify.plugin import _terminate_like_ctrl_c
+
+    installed = _terminate_like_ctrl_c()  # None when the session's own handler is already there (plugin loaded)
+    try:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_report_sigterm, args=(queue,))
+        child.start()
+        assert queue.get(timeout=30) is True
+        child.join(30)
+    finally:
+        if installed is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
