@@ -22,6 +22,16 @@ ONNX_DOMAINS = frozenset({  # what onnx.defs and onnxruntime's CPU kernels imple
     "", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview", "ai.onnx.preview.training", "com.microsoft",
     "com.microsoft.nchwc"})
 IR_OPSETS = re.compile(r"opset\d+|ie_internal_opset")  # built into libopenvino; anything else is an extension
+# The tokenizer IRs optimum-intel writes beside an LLM use openvino-tokenizers' operators (opset "extension"): their
+# native code is the installed openvino-tokenizers package's, loaded by openvino-genai, never the folder's. Only
+# these names in these files are trusted that way; any other extension operator still needs allowed_op_domains.
+TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
+TOKENIZER_OPS = frozenset((
+    "BPETokenizer", "ByteFallback", "BytesToChars", "CaseFold", "CharsToBytes", "CombineSegments", "EqualStr",
+    "FuzeRagged", "NormalizeUnicode", "RaggedToDense", "RaggedToRagged", "RaggedToSparse", "RegexNormalization",
+    "RegexSplit", "SentencepieceDetokenizer", "SentencepieceStreamDetokenizer", "SentencepieceTokenizer",
+    "SpecialTokensSplit", "StringTensorPack", "StringTensorUnpack", "TrieTokenizer", "Truncate", "UTF8Validate",
+    "UnigramTokenizer", "VocabDecoder", "VocabEncoder", "WordpieceTokenizer"))
 MAX_METADATA_VALUE, MAX_METADATA_TOTAL = 16 * KIB, 64 * KIB
 
 
@@ -170,10 +180,13 @@ def ir_checks(xml: Path, allowed: tuple[str, ...] = ()) -> list[Check]:
 
 def ir_operators(xml: Path, layers: list[Any], allowed: tuple[str, ...] = ()) -> Check:
     extensions: dict[str, list[str]] = defaultdict(list)
+    tokenizer_ops = 0
     for layer in layers:
-        version = layer.get("version", "")
-        if not IR_OPSETS.fullmatch(version):
-            extensions[version or "(no version)"].append(layer.get("type", "?"))
+        version, kind = layer.get("version", ""), layer.get("type", "?")
+        if xml.name in TOKENIZER_IRS and version == "extension" and kind in TOKENIZER_OPS:
+            tokenizer_ops += 1
+        elif not IR_OPSETS.fullmatch(version):
+            extensions[version or "(no version)"].append(kind)
     untrusted = {v: types for v, types in extensions.items() if v not in allowed}
     if untrusted:
         opset, types = sorted(untrusted.items())[0]
@@ -183,6 +196,9 @@ def ir_operators(xml: Path, layers: list[Any], allowed: tuple[str, ...] = ()) ->
                      hint="an OpenVINO extension is native code loaded into the runtime: trust only one you built "
                      "or reviewed", details={"extensions": {v: len(t) for v, t in extensions.items()}})
     trusted = f"; extension opsets trusted by the plan: {', '.join(sorted(extensions))}" if extensions else ""
+    if tokenizer_ops:
+        trusted += (f"; {tokenizer_ops} openvino-tokenizers operators, run by the installed openvino-tokenizers "
+                    "package, not by code from the model folder")
     return Check("openvino operators", PASS, f"{xml.name}: {len(layers)} layers from standard opsets{trusted}")
 
 

@@ -9,6 +9,7 @@ import json
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -342,3 +343,35 @@ def test_a_format_without_checks_says_so(tmp_path: Path) -> None:
     (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(32))
     checks = by_name(inspect(ref(tmp_path / "model.tflite")))
     assert checks["format"].status == WARN and "only its digest and the pickle check apply" in checks["format"].reason
+
+
+def ir_layers(*layers: tuple[str, str]) -> list[Any]:
+    import xml.etree.ElementTree as ET
+
+    return [ET.Element("layer", {"version": version, "type": kind}) for version, kind in layers]
+
+
+def test_openvino_tokenizers_operators_pass_only_in_the_tokenizer_irs() -> None:
+    """The tokenizer IRs beside an OpenVINO LLM use openvino-tokenizers' operators: trusted there (their code is
+    the installed package's), while an unknown extension operator, or the same names in a model IR, still fail."""
+    layers = ir_layers(("opset1", "Parameter"), ("extension", "BPETokenizer"), ("extension", "VocabDecoder"))
+    tokenizer = model_formats.ir_operators(Path("openvino_tokenizer.xml"), layers)
+    assert tokenizer.status == PASS and "2 openvino-tokenizers operators" in tokenizer.reason
+    assert model_formats.ir_operators(Path("openvino_model.xml"), layers).status == FAIL
+    smuggled = ir_layers(("extension", "BPETokenizer"), ("extension", "RunShellCommand"))
+    check = model_formats.ir_operators(Path("openvino_detokenizer.xml"), smuggled)
+    assert check.status == FAIL and "RunShellCommand" in check.reason and "BPETokenizer" not in check.reason
+
+
+def test_an_openvino_llm_folder_as_optimum_intel_exports_it_passes() -> None:
+    pytest.importorskip("openvino_tokenizers")
+    pytest.importorskip("transformers")
+    from certify.fixtures import hf_llama
+
+    try:
+        folder = hf_llama.exported("openvino", "int4")
+    except hf_llama.FixtureUnavailable as exc:
+        pytest.skip(str(exc))
+    checks = inspect(ModelRef(name="m", path=folder, framework="ovgenai"))
+    operators = [c for c in checks if c.name == "openvino operators"]
+    assert len(operators) == 3 and all(c.status == PASS for c in operators), operators
