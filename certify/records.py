@@ -57,6 +57,7 @@ class PairedSpeed(TypedDict, total=False):
     replicate_stops: list[str]
     samples: int
     warmup_iterations: int
+    warmups: list[int]  # untimed warm-up iterations done, per worker and replicate (long iterations warm less)
     baseline: SideTiming
     candidate: SideTiming
     baseline_ns: list[int]

@@ -28,6 +28,8 @@ from certify.records import LatencySummary, Loaded, PairedSpeed, Preflight
 
 BLOCK_TARGET_S = 0.1  # one block of timed iterations lasts about this long
 REWARM_SHARE = 0.1  # untimed iterations at the start of each block, to refill caches the other model evicted
+WARMUP_BUDGET_S = 2.0  # warm-up stops after about this long (at least MIN_WARMUP iterations), whatever the plan's count
+MIN_WARMUP = 2
 CHECK_EVERY_S = 0.5  # how often to test for a decisive verdict
 INTERIM_RESAMPLES = 400
 MIN_ROUNDS_TO_DECIDE = 8  # 16 blocks a side: too few blocks make a block bootstrap overconfident
@@ -42,6 +44,7 @@ class SpeedRun:
     candidate_ns: list[np.ndarray] = field(default_factory=list)
     block: int = 1  # timed iterations per block
     rewarm: int = 1  # untimed iterations before each block
+    warmups: list[int] = field(default_factory=list)  # untimed warm-up iterations per worker and replicate
     rounds: int = 0  # of the replicate being measured
     starts: list[int] = field(default_factory=list)  # the first block of each replicate
     mode: str = "infer"  # what one iteration is: an inference, or one generated token ("decode")
@@ -102,7 +105,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         "window_interval": list(found.windows) if found.windows else None, "window_speedups": found.window_ratios,
         "replicates": len(run.starts), "replicate_speedups": found.replicate_ratios,
         "replicate_interval": list(found.replicates) if found.replicates else None, "replicate_stops": stops,
-        "samples": int(base_ns.size), "warmup_iterations": measure.warmup_iterations,
+        "samples": int(base_ns.size), "warmup_iterations": measure.warmup_iterations, "warmups": run.warmups,
         "baseline": {"latency": stats.summarize(base_ns), "drift": stats.drift(base_ns), **_where(loaded["baseline"])},
         "candidate": {"latency": stats.summarize(cand_ns), "drift": stats.drift(cand_ns),
                       **_where(loaded["candidate"])},
@@ -133,15 +136,30 @@ def _replicate(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndar
         loaded = {"baseline": a.call("load", ref=baseline), "candidate": b.call("load", ref=candidate)}
         for worker in (a, b):
             worker.call("feeds", key="speed", arrays=feeds)
-        warm = [np.median(w.call("run", key="speed", iterations=measure.warmup_iterations, mode=run.mode))
-                for w in (a, b)]
+        warm = [_warm_up(w, measure.warmup_iterations, run) for w in (a, b)]
         if not run.starts:  # ~0.1 s blocks, but small enough that max_iterations still allows a decision's rounds
             run.block = max(1, min(int(BLOCK_TARGET_S * 1e9 / max(max(warm), 1.0)),
                                    whole.max_iterations // (2 * MIN_ROUNDS_TO_DECIDE)))
-            run.rewarm = max(1, int(run.block * REWARM_SHARE))
+            # an iteration longer than a block (a long prompt) is not measurably slowed by the other model's
+            # leftovers in the caches: re-warming it would double the run for nothing
+            run.rewarm = 0 if min(warm) >= BLOCK_TARGET_S * 1e9 else max(1, int(run.block * REWARM_SHARE))
         run.starts.append(len(run.baseline_ns))
         run.rounds = 0
         return loaded, _interleave(a, b, run, measure, threshold, confidence, time.monotonic())
+
+
+def _warm_up(worker: WorkerClient, iterations: int, run: SpeedRun) -> float:
+    """Untimed warm-up of one worker: the plan's ``warmup_iterations``, cut to about ``WARMUP_BUDGET_S`` when one
+    iteration is long (a language model's 256-token prompt: 10 of them per worker and replicate took 30 s of a
+    Gemma plan's speed run), never below ``MIN_WARMUP``; the median latency of the last warm-up call (ns)."""
+    done = max(1, min(MIN_WARMUP, iterations))
+    latency = float(np.median(worker.call("run", key="speed", iterations=done, mode=run.mode)))
+    more = min(iterations, max(MIN_WARMUP, int(WARMUP_BUDGET_S * 1e9 / max(latency, 1.0)))) - done
+    if more > 0:
+        latency = float(np.median(worker.call("run", key="speed", iterations=more, mode=run.mode)))
+        done += more
+    run.warmups.append(done)
+    return latency
 
 
 def _host_check(measure: Measure, confidence: float) -> tuple[Measure, Preflight, energy.Meter | None, str]:
