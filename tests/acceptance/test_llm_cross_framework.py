@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import run_certification
+from tests.acceptance.conftest import QUICK_MEASURE, run_certification, timed
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -124,3 +124,54 @@ def test_a_candidate_with_another_vocabulary_is_named_at_its_first_token(plan_fo
     verdict = outcome.verdicts()[("mlx-other-vocab", "accuracy")]
     assert verdict["verdict"] == "error", verdict
     assert "tokenizes dataset.text" in verdict["reason"] and "first difference at token" in verdict["reason"]
+
+
+GATES_PLAN = """
+name = "hf-llama-gates"
+""" + QUICK_MEASURE + """
+[[models]]
+name = "tiny-llama"
+[models.dataset]
+text = "eval.txt"
+context = 64
+chunks = 8
+[models.baseline]
+name = "hf"
+path = "hf"
+framework = "transformers"
+
+[[models.candidates]]
+name = "ortgenai-int4"
+framework = "ortgenai"
+path = "ortgenai-int4"
+
+[[models.candidates]]
+name = "ovgenai-int8"
+framework = "ovgenai"
+path = "ov-int8"
+"""
+
+
+def test_every_gate_runs_on_the_genai_runtimes(plan_folder: Path, tmp_path: Path) -> None:
+    """All eight gates on ONNX Runtime GenAI and OpenVINO GenAI candidates of the transformers original: each is
+    judged (a timed gate may be not judged on a noisy host, said so), none crashes, and the figures are the
+    runtimes' own (tokens/s for prompt and generation, the device that ran, the precision in force)."""
+    for name in ("hf", "eval.txt", "ortgenai-int4", "ov-int8"):
+        (tmp_path / name).symlink_to(plan_folder / name)
+    (tmp_path / "certify.toml").write_text(GATES_PLAN)
+    outcome = run_certification(tmp_path, tmp_path / "certify.toml",
+                                env={"CERTIFY_CACHE_DIR": str(tmp_path / "cache")})
+    v = outcome.verdicts()
+    for candidate in ("ortgenai-int4", "ovgenai-int8"):
+        for gate in ("accuracy", "memory", "stress", "fallback", "robustness", "security"):
+            assert v[(candidate, gate)]["verdict"] in ("pass", "fail", "not_applicable"), \
+                (candidate, gate, v[(candidate, gate)], outcome.stdout[-2000:])
+        for gate in ("speed", "stability"):
+            assert timed(v[(candidate, gate)]) in ("pass", "fail", "not_judged"), (candidate, gate)
+    assert v[("ovgenai-int8", "security")]["verdict"] == "pass"  # openvino-tokenizers' operators are the package's
+    assert v[("ovgenai-int8", "robustness")]["verdict"] == "pass", v[("ovgenai-int8", "robustness")]
+    assert v[("ortgenai-int4", "robustness")]["verdict"] == "pass", v[("ortgenai-int4", "robustness")]
+    speed = next(r for r in outcome.evidence() if r["candidate"] == "ortgenai-int4" and r["gate"] == "speed")
+    figures = speed["measurement"]["language_model"]
+    assert figures["candidate"]["prompt_tokens_per_s"] > 0 and figures["candidate"]["generation_tokens_per_s"] > 0
+    assert speed["measurement"]["candidate"]["executed_device"] == "CPUExecutionProvider"

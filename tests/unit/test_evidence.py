@@ -151,14 +151,18 @@ def test_cached_array_computes_once(tmp_path: Path) -> None:
         return expected
 
     store = EvidenceStore(tmp_path)
-    first = store.cached_array("model-baseline-outputs", compute)
-    second = store.cached_array("model-baseline-outputs", compute)
+    first = store.cached_array("model-baseline-outputs", compute, owner="model--int8")
+    second = store.cached_array("model-baseline-outputs", compute, owner="model--fp16")
     assert calls == [1]
     np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(second, expected)
     assert second.dtype == np.float32
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "model-baseline-outputs.lock", "model-baseline-outputs.npy"]
+        "model-baseline-outputs.lock", "model-baseline-outputs.npy", "model-baseline-outputs.origin.json"]
+    first_case = store.shared_origin("model-baseline-outputs", "model--int8")
+    assert first_case["measured_for"] == "model--int8" and first_case["shared"] and not first_case["reused"]
+    assert first_case["stored_bytes"] == expected.nbytes
+    assert store.shared_origin("model-baseline-outputs", "model--fp16")["reused"] is True
 
 
 # --- file_lock ---------------------------------------------------------------------------------------------
