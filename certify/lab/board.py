@@ -11,8 +11,14 @@ SSH never prompts (``BatchMode``): a board that wants a password or an unknown h
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import shlex
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +111,35 @@ class Board:
                              f"{tail(done.stderr) or 'ssh exit status 255'}",
                              hint="check the address, that sshd runs on the board, and the key it accepts")
         return done
+
+
+@contextlib.contextmanager
+def connected(board: Board, *, persist_s: int = 900) -> Iterator[Board]:
+    """``board`` with a master connection for the block: each ssh and rsync to the board it yields multiplexes over
+    it (one SSH handshake in all instead of one per command), as labgrid's ``SSHDriver`` does. A board that already
+    names a master (``control_path``) is yielded as it is."""
+    if board.control_path:
+        yield board
+        return
+    folder = tempfile.mkdtemp(prefix="certify-ssh-")
+    control = os.path.join(folder, "control")
+    log = os.path.join(folder, "master.log")
+    argv = ["ssh", "-x", "-T", *board.ssh_options(), "-o", "ControlMaster=yes", "-o", f"ControlPath={control}",
+            "-o", f"ControlPersist={persist_s}", "-f", "-N", board.host]
+    try:
+        with open(log, "wb") as errors:  # not a pipe: the master, gone to the background, would hold it open
+            code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                  timeout=board.connect_timeout_s + 30, check=False).returncode
+        if code != 0 or not os.path.exists(control):
+            with open(log, "rb") as errors:
+                raise BoardError(f"{board.where} could not be reached: {tail(errors.read()) or f'ssh status {code}'}",
+                                 hint="check the address, that sshd runs on the board, and the key it accepts")
+        yield dataclasses.replace(board, control_path=control)
+    finally:
+        if os.path.exists(control):
+            subprocess.run(["ssh", *board.ssh_options(), "-o", f"ControlPath={control}", "-O", "exit", board.host],
+                           capture_output=True, timeout=30, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def tail(data: bytes, lines: int = 4) -> str:

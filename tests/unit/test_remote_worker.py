@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from certify.errors import WorkerCrashed
-from certify.lab.board import Board, BoardError
+from certify.lab.board import Board, BoardError, connected
 from certify.lab.remote import RemoteWorkerClient, worker_command
 from certify.lab.ship import harness_tree, model_tree, ship, ship_model
 from certify.measure.client import WorkerClient
@@ -264,3 +264,42 @@ def test_a_board_takes_its_connection_from_a_labgrid_network_service() -> None:
     assert argv[-2:] == ["10.213.0.2", "true"] and argv[argv.index("-p"):argv.index("-p") + 2] == ["-p", "2222"]
     assert "ControlPath=/tmp/lg-ssh-x/control-10.213.0.2" in argv and "BatchMode=yes" in argv
     assert board.identity_file == Path("/keys/lab") and board.user == "pi"
+
+
+@needs_board
+def test_one_master_connection_carries_every_step_and_its_loss_is_a_clear_error(doomed: NamespaceBoard,
+                                                                                 tmp_path: Path, model: Path) -> None:
+    with connected(make_board(doomed, tmp_path / "cache", name="muxed")) as board:
+        assert board.control_path and Path(board.control_path).exists()
+        with RemoteWorkerClient("candidate", ref(model), 60, board) as remote:
+            assert remote.harness.sent and remote.call("host")["harness"].startswith(board.cache_dir)
+            running = start_run(remote, model)
+            time.sleep(0.5)
+            doomed.kill_all()
+            error = finish(running, within_s=20)
+    assert isinstance(error, WorkerCrashed) and "board 'muxed'" in error.message
+    assert "lost its SSH connection during 'run'" in error.message
+    assert not Path(board.control_path).exists()
+
+
+@needs_board
+def test_a_labgrid_ssh_driver_lends_its_connection(namespace: NamespaceBoard, tmp_path: Path, model: Path) -> None:
+    """labgrid's own NetworkService and SSHDriver (its master connection) carry the worker."""
+    pytest.importorskip("labgrid")
+    from labgrid import Target
+    from labgrid.driver import SSHDriver
+    from labgrid.resource import NetworkService
+
+    target = Target("ns-board")
+    service = NetworkService(target, "ssh", address=namespace.address, username="root", port=namespace.port)
+    driver = SSHDriver(target, "ssh", keyfile=str(namespace.client_key))
+    target.activate(driver)
+    try:
+        board = Board.from_labgrid("lg-board", service, driver, python=sys.executable, cache_dir=str(tmp_path / "c"))
+        assert board.control_path == driver.control
+        with RemoteWorkerClient("candidate", ref(model), 60, board) as remote:
+            _, scored, _ = measure(remote, model)
+    finally:
+        target.deactivate(driver)
+    with WorkerClient("candidate", ref(model), 60) as local:
+        np.testing.assert_array_equal(scored, measure(local, model)[1])
