@@ -20,6 +20,9 @@ harness change. What cannot ship is native: the board needs ``python3`` (3.10+),
 measures with, installed once by its owner for its platform, e.g.::
 
     python3 -m pip install numpy psutil onnxruntime        # plus openvino / llama-cpp-python / ... as measured
+
+Trust: answers are unpickled on the controller, so a board is trusted as a local worker is (a board whose root is
+hostile can run code in the controller's session). Lab boards are the team's own; do not point this at others'.
 """
 
 from __future__ import annotations
