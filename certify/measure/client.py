@@ -34,8 +34,12 @@ class WorkerClient:
         self.timeout_s = timeout_s
         self._waiting_s = timeout_s  # the deadline of the call in progress (a call may pass its own)
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self._proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Start the worker process (here: a local child; ``certify.lab.remote`` starts it on a board)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "certify.measure.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )

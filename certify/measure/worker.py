@@ -209,6 +209,19 @@ class Worker:
         return {"rss_before": self.rss_before, "peak": peak, "rss_now": now, "peak_reset": self.peak_reset,
                 "mapped_model": memory.mapped_bytes(files)}
 
+    def cmd_host(self) -> dict[str, Any]:
+        """The machine this worker runs on, detected here (on a board, the board's): its ``Host`` (markers,
+        fingerprint), package versions by distribution name, the Python and the harness code that answer."""
+        import platform
+
+        import certify
+        from certify.environment import package_versions
+        from certify.hardware import detect_host
+
+        return {"host": detect_host(), "packages": package_versions(everything=False),
+                "python": sys.executable, "python_version": platform.python_version(),
+                "harness": os.path.dirname(certify.__file__)}
+
     def cmd_exit(self) -> None:
         if self.backend is not None:
             self.backend.close()
