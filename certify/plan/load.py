@@ -407,11 +407,13 @@ def _existing_path(table: _Table, key: str, base: Path, *, folder: bool = False,
 
 
 def _model_path(table: _Table, base: Path, framework: str) -> Path:
-    """A model's ``path``: a folder only for a framework that takes one (MLX); a third party's backend may."""
+    """A model's ``path``: a folder only for a framework that takes one (MLX, the LLM runtimes' folders); a third
+    party's backend may."""
     known = FRAMEWORKS.get(framework)
+    folders = [f.name for f in FRAMEWORKS.values() if f.folder]
     path = _existing_path(table, "path", base, folder=known.folder if known else True,
-                          file_hint="name the model file itself (the .onnx, the IR's .xml or the .gguf); only "
-                          + ", ".join(f.name for f in FRAMEWORKS.values() if f.folder) + " takes a folder")
+                          file_hint="name the model file itself (the .onnx, the IR's .xml or the .gguf); a folder "
+                          f"is a model only for framework {', '.join(folders[:-1])} or {folders[-1]}")
     refused = dict(known.foreign if known else ()).get(path.suffix.lower()) if path.is_file() else None
     if refused:
         raise table.error("path", f"{path.name}: framework {framework!r} cannot read a {path.suffix} file",
