@@ -95,6 +95,24 @@ class LanguageModel(Backend, Protocol):
     def detokenize(self, tokens: list[int]) -> str: ...
 
 
+def checked_tokens(tokens: np.ndarray, n_ctx: int, vocab: int, longer: str) -> np.ndarray:
+    """A language model's token batch checked before its runtime sees it: ``[batch, n]`` integers with n >= 1,
+    n within the context ``n_ctx`` (``longer``: this runtime's way to a longer context, said with the refusal) and
+    every id inside the vocabulary. A ModelError otherwise: never a truncation, never an out-of-range lookup."""
+    if tokens.ndim != 2 or tokens.shape[1] == 0:
+        raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
+    if tokens.shape[1] > n_ctx:
+        raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = {n_ctx}",
+                         hint=f"use shorter prompts (dataset.context) or {longer.format(n=tokens.shape[1])}")
+    if tokens.dtype.kind not in "iu":
+        raise ModelError(f"token ids must be integers, got {tokens.dtype}")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab:
+        raise ModelError(f"token ids must lie in 0..{vocab - 1} (the vocabulary), got {low}..{high}",
+                         hint="tokenize the text with this model's tokenizer")
+    return tokens
+
+
 def prepare_feeds(specs: list[TensorSpec], arrays: Mapping[str, np.ndarray], layout: Layout | None = None, *,
                   whole: bool = False) -> dict[str, np.ndarray]:
     """Map dataset arrays onto model inputs and check them, once, before any timing.

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from certify.backends.base import TensorSpec
+from certify.backends.base import TensorSpec, checked_tokens
 from certify.errors import BackendUnavailable, ModelError
 from certify.frameworks import install_hint
 from certify.plan.types import ModelRef
@@ -382,17 +382,8 @@ class LlamaCppBackend:
         return str(self._llm.detokenize(list(tokens)).decode("utf-8", "replace"))
 
     def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > self._n_ctx:
-            raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = "
-                             f"{self._n_ctx}", hint=f"raise options.n_ctx to at least {tokens.shape[1]} (memory "
-                             "grows with it) or use shorter prompts (dataset.context)")
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self._n_vocab:
-            raise ModelError(f"token ids must lie in 0..{self._n_vocab - 1} (the vocabulary), got {low}..{high}",
-                             hint="tokenize the text with this model's tokenizer")
-        return tokens
+        return checked_tokens(tokens, self._n_ctx, self._n_vocab,
+                              "raise options.n_ctx to at least {n} (memory grows with it)")
 
     def _clear(self) -> None:
         lc = _lc()

@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from certify.backends.base import TensorSpec
+from certify.backends.base import TensorSpec, checked_tokens
 from certify.backends.mlx_folders import (
     DEFAULT_CONTEXT,
     LANGUAGE_MODEL,
@@ -309,16 +309,8 @@ class MlxBackend:
         return self._tokenizer
 
     def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > self._n_ctx:
-            raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = {self._n_ctx}",
-                             hint="use shorter prompts (dataset.context) or a model with a longer context")
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self._vocab:
-            raise ModelError(f"token ids must lie in 0..{self._vocab - 1} (the vocabulary), got {low}..{high}",
-                             hint="tokenize the text with this model's tokenizer")
-        return tokens
+        return checked_tokens(tokens, self._n_ctx, self._vocab,
+                              "a model with a longer context")
 
     # ----------------------------------------------------------------------- reporting
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from certify.backends.base import TensorSpec
+from certify.backends.base import TensorSpec, checked_tokens
 from certify.backends.onnxruntime import onnx_summary
 from certify.backends.special import PROBE, added_specials
 from certify.errors import BackendUnavailable, ModelError, first_line
@@ -359,20 +359,9 @@ class OrtGenAiBackend:
             self._generator = _og().Generator(self._model, self._params)
 
     def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > self._n_ctx:
-            raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = {self._n_ctx}",
-                             hint=f"raise options.n_ctx to at least {tokens.shape[1]} (up to the model's "
-                                  "context_length; the KV cache grows with it) or use shorter prompts "
-                                  "(dataset.context)")
-        if tokens.dtype.kind not in "iu":
-            raise ModelError(f"token ids must be integers, got {tokens.dtype}")
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self._vocab:
-            raise ModelError(f"token ids must lie in 0..{self._vocab - 1} (the vocabulary), got {low}..{high}",
-                             hint="tokenize the text with this model's tokenizer")
-        return tokens
+        return checked_tokens(tokens, self._n_ctx, self._vocab,
+                              "raise options.n_ctx to at least {n} (up to the model's context_length; the KV "
+                              "cache grows with it)")
 
     # ----------------------------------------------------------------------- tokenizer
 

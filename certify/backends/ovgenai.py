@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from certify.backends.base import TensorSpec
+from certify.backends.base import TensorSpec, checked_tokens
 from certify.backends.openvino import (
     READ_BACK,
     OpenVinoBackend,
@@ -373,17 +373,8 @@ class OpenVinoGenAiBackend:
         return np.array(self._last, dtype=np.float32)
 
     def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > self._n_ctx:
-            raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = {self._n_ctx}",
-                             hint="use shorter prompts (dataset.context) or raise options.n_ctx (up to the "
-                                  "model's max_position_embeddings)")
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self._vocab:
-            raise ModelError(f"token ids must lie in 0..{self._vocab - 1} (the vocabulary), got {low}..{high}",
-                             hint="tokenize the text with this model's tokenizer")
-        return tokens
+        return checked_tokens(tokens, self._n_ctx, self._vocab,
+                              "raise options.n_ctx to at least {n} (up to the model's max_position_embeddings)")
 
     def tokenize(self, text: str) -> list[int]:
         """The folder's openvino-tokenizers tokenizer, without BOS/EOS."""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from certify.backends.base import TensorSpec
+from certify.backends.base import TensorSpec, checked_tokens
 from certify.backends.special import added_specials
 from certify.errors import BackendUnavailable, ModelError
 from certify.frameworks import install_hint
@@ -235,19 +235,8 @@ class TransformersBackend:
         return _torch().from_numpy(tokens.astype(np.int64)).to(self._model.device)
 
     def _checked(self, tokens: np.ndarray) -> np.ndarray:
-        if tokens.ndim != 2 or tokens.shape[1] == 0:
-            raise ModelError(f"tokens must be [batch, n] with n >= 1, got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > self._n_ctx:
-            raise ModelError(f"the prompt has {tokens.shape[1]} tokens but the context holds n_ctx = {self._n_ctx}",
-                             hint=f"raise options.n_ctx to at least {tokens.shape[1]} (up to the model's "
-                                  "max_position_embeddings) or use shorter prompts (dataset.context)")
-        if tokens.dtype.kind not in "iu":
-            raise ModelError(f"token ids must be integers, got {tokens.dtype}")
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self._vocab:
-            raise ModelError(f"token ids must lie in 0..{self._vocab - 1} (the vocabulary), got {low}..{high}",
-                             hint="tokenize the text with this model's tokenizer")
-        return tokens
+        return checked_tokens(tokens, self._n_ctx, self._vocab,
+                              "raise options.n_ctx to at least {n} (up to the model's max_position_embeddings)")
 
     # ----------------------------------------------------------------------- tokenizer
 
