@@ -48,10 +48,12 @@ class CandidateNode(pytest.Collector):
 
 
 class CaseItem(pytest.Item):
-    """One (model, candidate, gate) case."""
+    """One (model, candidate, gate) case. It uses no fixtures; ``fixturenames`` says so for plugins that read it
+    from every item as if each were a test function (labgrid's pytest plugin checks it for ``strategy``)."""
 
     def __init__(self, *, case: Case, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.fixturenames: list[str] = []
         self.certify_case = case
         self.add_marker(case.gate)
         self.user_properties.append(case_property(case))

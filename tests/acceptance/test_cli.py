@@ -50,3 +50,14 @@ def test_run_with_a_bad_plan_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "certify.toml").write_text('policy = "edge-defualt"\n' + PLAN + candidate("int8", "int8.onnx"))
     done = certify("run", cwd=tmp_path)
     assert done.returncode == 4 and "did you mean 'edge-default'" in done.stderr
+
+
+def test_a_plan_runs_beside_labgrids_pytest_plugin(tmp_path: Path) -> None:
+    """labgrid's pytest plugin (loaded by its entry point wherever labgrid is installed, as in a lab) reads
+    ``item.fixturenames`` of every item: the plan's cases must carry it, or every case ERRORs at setup."""
+    pytest.importorskip("labgrid")
+    tiny_project(tmp_path)
+    (tmp_path / "certify.toml").write_text(PLAN + candidate("int8", "int8.onnx", extra=ACCURACY_ONLY))
+    done = certify("run", "-k", "accuracy", cwd=tmp_path)
+    assert "labgrid-" in done.stdout  # pytest's plugin line: the plugin was active
+    assert done.returncode == 0 and "CERTIFIED" in done.stdout, done.stdout[-3000:]
