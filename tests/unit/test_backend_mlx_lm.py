@@ -20,6 +20,7 @@ from certify.plan import Dataset, ModelRef
 from certify.recipes import Recipe, RecipeError
 from certify.recipes.build import BuildContext
 from certify.recipes.child import Calibration
+from tests.helpers.tinyllama import mean_kl
 
 mx = pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
@@ -42,15 +43,6 @@ def quantized(out: Path, source: Path, **params: Any) -> Path:
     recipe = Recipe("mlx", "quantize", "baseline", tuple(sorted(params.items())))
     context = BuildContext(recipe, source, Dataset(None, None, (), None), "accuracy", 0.05, 0, out)
     return recipes.quantize(context, Calibration(context))
-
-
-def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-    p, q = log_softmax(reference.astype(np.float64)), log_softmax(other.astype(np.float64))
-    return float((np.exp(p) * (p - q)).sum(axis=-1).mean())
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from certify.backends.base import LanguageModel, prepare_feeds
 from certify.errors import ModelError
 from certify.measure.client import WorkerClient
 from certify.plan import ModelRef
+from tests.helpers.tinyllama import mean_kl
 
 pytest.importorskip("onnxruntime_genai")
 from certify.fixtures import hf_llama
@@ -54,15 +55,6 @@ def loaded(path: Path, **options: Any) -> Any:
     backend.load()
     assert isinstance(backend, LanguageModel)
     return backend
-
-
-def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=-1, keepdims=True)
-        return np.asarray(z - np.log(np.exp(z).sum(axis=-1, keepdims=True)))
-
-    p, q = log_softmax(reference.astype(np.float64)), log_softmax(other.astype(np.float64))
-    return float((np.exp(p) * (p - q)).sum(axis=-1).mean())
 
 
 def copy_folder(source: Path, target: Path, link: bool = True) -> Path:
