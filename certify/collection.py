@@ -10,41 +10,43 @@ spread cases as for any test. Running an item is ``certify.session.judge``, as f
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from certify.cases import Case
-from certify.plan import ModelPlan, ModelRef
-from certify.session import STATE, case_property, judge
+from certify.session import STATE, case_marks, case_property, judge
 
 
 class PlanFile(pytest.File):
-    """The session's plan: one ``CandidateNode`` per (model, candidate), in plan order."""
+    """The session's plan: one ``CandidateNode`` per (model, candidate), and per board in a lab, in plan order."""
 
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
-        plan = self.config.stash[STATE].plan()
-        for model in plan.models:
+        state = self.config.stash[STATE]
+        for model in state.plan().models:
             for candidate in model.candidates:
-                yield CandidateNode.from_parent(self, name=f"{model.name}/{candidate.name}", model=model,
-                                                candidate=candidate)
+                for board, platforms in state.placements(candidate):
+                    pair = Case(model, candidate, "", board, platforms)
+                    yield CandidateNode.from_parent(self, name=pair.id, pair=pair)
 
 
 class CandidateNode(pytest.Collector):
-    """One candidate of one model: its gates are its items; its target's markers apply to all of them."""
+    """One candidate of one model (on one board, in a lab): its gates are its items; its target's markers apply to
+    all of them."""
 
-    def __init__(self, *, model: ModelPlan, candidate: ModelRef, **kwargs: Any) -> None:
+    def __init__(self, *, pair: Case, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model, self.candidate = model, candidate
-        for name in Case(model, candidate, "").markers():
-            self.add_marker(name)
+        self.pair = pair
+        for mark in case_marks(pair):
+            self.add_marker(mark)
 
     def collect(self) -> Iterator[pytest.Item]:
         for spec in self.config.stash[STATE].gates:
             if spec.evaluate is None:  # evaluated by the project's own test function, not from the plan file
                 continue
-            yield CaseItem.from_parent(self, name=spec.name, case=Case(self.model, self.candidate, spec.name))
+            yield CaseItem.from_parent(self, name=spec.name, case=replace(self.pair, gate=spec.name))
 
 
 class CaseItem(pytest.Item):

@@ -27,6 +27,7 @@ from certify.session import (
     RESULT_PROPERTY,
     STATE,
     SessionState,
+    case_marks,
     case_property,
     conclude,
     judge,
@@ -79,7 +80,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if resume:
         resume_dir = Path(resume).resolve()
         run_id, root = resume_dir.name, resume_dir.parent
-    state = SessionState(config, run_id, root, _plan_path(config), resuming=bool(resume), gates=_gates(config))
+    state = SessionState(config, run_id, root, _plan_path(config), resuming=bool(resume), gates=_gates(config),
+                         lab_waits=dict((workerinput or {}).get("certify_lab_waits") or {}))
     config.stash[STATE] = state
     for name, text in _marker_help(state.gates).items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -128,9 +130,22 @@ def _marker_help(gates: GateRegistry) -> dict[str, str]:
             **{g.name: f"{g.name} gate: {g.summary}" for g in gates}}
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In a lab (``--lg-env``), the session that runs pytest (the xdist controller, not its workers) reserves and
+    acquires the environment's labgrid places before anything, its workers included, touches a board."""
+    if getattr(session.config, "workerinput", None) is None:
+        state = session.config.stash[STATE]
+        state.hold_places()
+        state.lab()  # detected now, as the run starts (a board lost later is lost, not "unreachable at start")
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     import signal
 
+    state = config.stash.get(STATE, None)
+    if state is not None:
+        state.holds.close()  # the labgrid places this session acquired are released
     handler = config.stash.get(SIGTERM_HANDLER, None)
     if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -189,12 +204,12 @@ def _check_resumable(state: SessionState) -> None:
         raise pytest.UsageError(f"--certify-resume {state.run_dir}: no {EVIDENCE_FILE} there; give the folder of "
                                 "the interrupted run (reports/<run-id>)")
     plan, host = state.plan(), detect_host()
-    for record in state.previous().values():
+    for record in state.previous().values():  # a board's records name the board: judged when it is reached
         if record.get("plan_digest") != plan.digest:
             raise pytest.UsageError(f"--certify-resume {state.run_dir}: case {record['case']} ({record['gate']}) "
                                     f"was measured with plan digest {record.get('plan_digest')}, this plan is "
                                     f"{plan.digest}; resume with the same plan, or start a new run")
-        if record.get("host_fingerprint") != host.fingerprint:
+        if not record.get("board") and record.get("host_fingerprint") != host.fingerprint:
             raise pytest.UsageError(f"--certify-resume {state.run_dir}: case {record['case']} was measured on host "
                                     f"{record.get('host_fingerprint')}, this is {host.fingerprint}; evidence from "
                                     "two hosts cannot make one certificate")
@@ -219,8 +234,11 @@ def _signer(config: pytest.Config) -> Signer | None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist: every worker writes into the controller's run folder."""
-    node.workerinput["certify_run_id"] = node.config.stash[STATE].run_id
+    """pytest-xdist: every worker writes into the controller's run folder, and knows how long the controller
+    waited for each board's labgrid place."""
+    state = node.config.stash[STATE]
+    node.workerinput["certify_run_id"] = state.run_id
+    node.workerinput["certify_lab_waits"] = state.lab_waits
 
 
 def _gate_of(metafunc: pytest.Metafunc) -> str:
@@ -235,9 +253,9 @@ def _gate_of(metafunc: pytest.Metafunc) -> str:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "certify_case" not in metafunc.fixturenames:
         return
-    plan = metafunc.config.stash[STATE].plan()
-    params = [pytest.param(case, id=case.id, marks=[getattr(pytest.mark, m) for m in case.markers()])
-              for case in cases_for(plan, _gate_of(metafunc))]
+    state = metafunc.config.stash[STATE]
+    params = [pytest.param(case, id=case.id, marks=case_marks(case))
+              for case in cases_for(state.plan(), _gate_of(metafunc), state.placements)]
     metafunc.parametrize("certify_case", params, indirect=True)
 
 

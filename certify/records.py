@@ -121,6 +121,7 @@ class CaseFields(TypedDict):
     device: str
     platforms: list[str]
     markers: list[str]
+    board: str | None  # the lab's board that measured it (None: the machine running pytest)
     recipe: dict[str, Any] | None
 
 
@@ -132,7 +133,8 @@ class EvidenceRecord(CaseFields, total=False):
     result: dict[str, Any]  # certify.verdict.GateResult.to_dict()
     plan_digest: str
     measurement: dict[str, Any]  # the gate's evidence: a PairedSpeed, {baseline, candidate: MemoryFigures}, ...
-    host_fingerprint: str
+    host_fingerprint: str  # the machine that measured: this host's, or the board's
+    board_facts: dict[str, Any] | None  # the board that measured (``certify.lab.fleet.LabBoard.facts``), None here
     policy: dict[str, Any]
     started: float
     finished: float

@@ -8,11 +8,11 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from certify import verdict
+from certify import backends, verdict
 from certify.backends import resolve_backend
 from certify.cases import Case
 from certify.digests import model_digest
@@ -21,6 +21,7 @@ from certify.evidence import EvidenceStore
 from certify.gates.context import GateContext
 from certify.gates.registry import BUILTIN_REGISTRY, GateRegistry
 from certify.hardware import Host
+from certify.lab.board import BoardError
 from certify.measure import dataset, preflight
 from certify.measure.worker import MEMORY_LIMIT_ENV
 from certify.plan import ModelPlan, ModelRef, Plan
@@ -31,6 +32,7 @@ from certify.verdict import GateResult
 
 if TYPE_CHECKING:
     from certify.gates.registry import Evaluate
+    from certify.lab.fleet import Lab
 
 
 
@@ -46,8 +48,8 @@ def _digest(ref: ModelRef) -> str | None:
 
 class CertificationRun:
     def __init__(self, plan: Plan, run_dir: Path, host: Host, run_id: str,
-                 gates: GateRegistry = BUILTIN_REGISTRY) -> None:
-        self.plan, self.host, self.run_id, self.gates = plan, host, run_id, gates
+                 gates: GateRegistry = BUILTIN_REGISTRY, lab: Lab | None = None) -> None:
+        self.plan, self.host, self.run_id, self.gates, self.lab = plan, host, run_id, gates, lab
         self.store = EvidenceStore(run_dir)
         if plan.measure.memory_limit_mib:  # inherited by every measurement worker this session starts
             os.environ[MEMORY_LIMIT_ENV] = str(plan.measure.memory_limit_mib)
@@ -57,29 +59,55 @@ class CertificationRun:
         """The verdict and the evidence record appended for it (``evaluate`` instead of the gate's registered
         evaluator: a test function's own). Never raises for a measurement problem: every outcome becomes a
         GateResult with its reason."""
-        started = finished = time.time()
+        if case.board and self.lab is not None:
+            return self._evaluate_on_board(case, nodeid, evaluate)
         exclusive = self.gates.exclusive(case.gate)
-        ready, lock_wait, measurement = self.prepared(case), 0.0, {}
+        with self.store.measurement_lock(exclusive=exclusive) as lock_wait:
+            result, case, measurement, window = self._evaluated(case, evaluate)
+        return result, self.record(case, result, nodeid, measurement, *window, exclusive, lock_wait)
+
+    def _evaluated(self, case: Case, evaluate: Evaluate | None
+                   ) -> tuple[GateResult, Case, dict[str, Any], tuple[float, float]]:
+        """The case prepared and measured where the caller holds the lock: its verdict, the case as measured (built
+        from its recipe), the measurement and its window (the time the lock was held)."""
+        started = time.time()
+        ready = self.prepared(case)
         if isinstance(ready, GateResult):
-            result = ready
+            return ready, case, {}, (started, started)
+        ctx = self.context(ready)
+        result = self._measure(ctx, evaluate or self.gates[ready.gate].evaluator())
+        precision = precision_in_force(ctx.measurement)
+        if precision:
+            result = replace(result, details={**result.details, "precision": precision})
+        return result, ready, ctx.measurement, (started, time.time())
+
+    def _evaluate_on_board(self, case: Case, nodeid: str,
+                           evaluate: Evaluate | None) -> tuple[GateResult, EvidenceRecord]:
+        """A case measured on its board, under the board's lock. A board that stops answering (during the case,
+        or earlier in the run) makes the case ERROR with the reason, never a candidate's FAIL."""
+        assert self.lab is not None
+        board, lock_wait, measurement = self.lab.boards[case.board], 0.0, cast(dict[str, Any], {})
+        window = (time.time(), time.time())
+        if board.lost:
+            result = board_lost(case, f"it was lost earlier in this run: {board.lost}")
         else:
-            ctx = self.context(case := ready)
-            measurement = ctx.measurement
-            with self.store.measurement_lock(exclusive=exclusive) as lock_wait:
-                started = time.time()  # the measurement window is the time the lock is held
-                result = self._measure(ctx, evaluate or self.gates[case.gate].evaluator())
-                finished = time.time()
-            precision = precision_in_force(measurement)
-            if precision:
-                result = replace(result, details={**result.details, "precision": precision})
-        return result, self.record(case, result, nodeid, measurement, started, finished, exclusive, lock_wait)
+            try:
+                with self.lab.measuring_on(case.board, self.plan.measure.timeout_s) as lock_wait:
+                    result, case, measurement, window = self._evaluated(case, evaluate)
+            except BoardError as exc:
+                result = verdict.errored(case.gate, exc.message, hint=exc.hint)
+            if result.verdict in (verdict.FAIL, verdict.ERROR) and (gone := self.lab.answers(case.board)):
+                self.lab.mark_lost(case.board, gone)
+                result = board_lost(case, f"it stopped answering during this case ({gone}); the case's own "
+                                    f"verdict was: {result.reason}")
+        return result, self.record(case, result, nodeid, measurement, *window, True, lock_wait)
 
     def prepared(self, case: Case) -> Case | GateResult:
         """The case ready to measure (its candidate built from its recipe), or the verdict it gets without
         being measured: NOT EVALUATED when it cannot run here (FAIL when the plan says a missing device fails),
         ERROR when its recipe could not build it."""
         reason = self.why_not_evaluated(case)
-        if reason and case.candidate.missing_device == "fail" and self.cannot_run(case.candidate):
+        if reason and case.candidate.missing_device == "fail" and self.cannot_run(case.candidate, case.board):
             return GateResult(case.gate, verdict.FAIL, f"required device missing: {reason}",
                               hint="the plan sets missing_device = 'fail'")
         if reason:
@@ -115,10 +143,12 @@ class CertificationRun:
                lock_wait: float = 0.0) -> EvidenceRecord:
         """Append the evidence record of a verdict (also one a user's test function decided) and return it."""
         now = time.time()
+        facts = self.lab.boards[case.board].facts() if self.lab is not None and case.board else None
         record: EvidenceRecord = {
             "run_id": self.run_id, "nodeid": nodeid, **case.describe(), "result": result.to_dict(),
             "plan_digest": self.plan.digest,
-            "measurement": measurement or {}, "host_fingerprint": self.host.fingerprint,
+            "measurement": measurement or {},
+            "host_fingerprint": facts["fingerprint"] if facts else self.host.fingerprint, "board_facts": facts,
             "policy": self.plan.policy_for(case.candidate).to_dict(), "started": started or now,
             "finished": finished or now, "serialized": serialized, "lock_wait_s": lock_wait,
             "digests": {"baseline": _digest(case.model.baseline), "candidate": _digest(case.candidate)},
@@ -166,18 +196,27 @@ class CertificationRun:
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def why_not_evaluated(self, case: Case) -> str:
-        """'' when the case can run here, else what was detected and what to do."""
+        """'' when the case can run where it is routed (here, or its board), else what was detected and what to
+        do."""
+        if self.lab is not None and not case.board:
+            return self.lab.route(case.candidate)[1] or "not routed to a board of the lab"
+        host = self.lab.boards[case.board].host if self.lab is not None and case.board else self.host
+        assert host is not None
         wanted, static = case.candidate.platforms, case.gate in self.gates.where("static")
-        if wanted and not set(wanted) & set(self.host.platforms) and not static \
+        if wanted and not set(wanted) & set(host.platforms) and not static \
                 and case.gate not in self._portable(case.candidate):
-            return (f"target platform {'/'.join(wanted)} not present on this host: {self.host.describe()}; "
+            return (f"target platform {'/'.join(wanted)} not present on {self._where(case)}: {host.describe()}; "
                     f"run it on a host of that platform")
         for role, ref in (("candidate", case.candidate), ("baseline", case.model.baseline)):
-            problem = "" if static else self.cannot_run(ref)
+            problem = "" if static else self.cannot_run(ref, case.board)
             if problem and not (case.gate == "fallback" and role == "candidate" and problem.startswith("device ")):
                 return f"{role} {ref.name!r}: {problem}"  # a missing device is what the fallback gate certifies
         return f"candidate {case.candidate.name!r}: {unavailable(case.candidate.recipe)}" \
             if case.candidate.recipe and unavailable(case.candidate.recipe) else ""
+
+    @staticmethod
+    def _where(case: Case) -> str:
+        return f"board {case.board!r}" if case.board else "this host"
 
     @staticmethod
     def _portable(ref: ModelRef) -> tuple[str, ...]:
@@ -189,15 +228,11 @@ class CertificationRun:
             return ()
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
-    def cannot_run(self, ref: ModelRef) -> str:
-        try:
-            backend = resolve_backend(ref.framework)
-            ok, detail = backend.available_devices(ref)
-        except CertifyError as exc:
-            return f"framework {ref.framework!r} unavailable: {exc.message}; install: {exc.hint}"
-        if not ok:
-            return f"device {ref.device!r} not available: {detail}; install: {backend.install_hint}"
-        return ""
+    def cannot_run(self, ref: ModelRef, board: str = "") -> str:
+        """'' when ``ref`` can run here (or on ``board`` of the lab, asked there), else why not."""
+        if board and self.lab is not None:
+            return self.lab.cannot_run(board, ref)
+        return backends.cannot_run(ref)
 
     def hint(self, case: Case) -> str:
         try:
@@ -239,3 +274,12 @@ def precision_in_force(measurement: Any, path: str = "") -> str:
         if found:
             return found
     return ""
+
+
+def board_lost(case: Case, why: str) -> GateResult:
+    """The verdict of a case whose board was lost: ERROR naming the board (``details.board_lost``: the case is rerun
+    by ``--certify-resume`` once the board is back)."""
+    return GateResult(case.gate, verdict.ERROR, f"board {case.board!r} was lost: {why}",
+                      hint="bring the board back (sshd, network, power), then rerun the missing cases with "
+                           "--certify-resume RUN_DIR; the other boards' results are kept",
+                      details={"board_lost": case.board})

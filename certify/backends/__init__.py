@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import importlib
 from importlib import metadata
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from certify.backends.base import Backend
-from certify.errors import BackendUnavailable
+from certify.errors import BackendUnavailable, CertifyError
 from certify.frameworks import FRAMEWORKS, install_hint
+
+if TYPE_CHECKING:
+    from certify.plan.types import ModelRef
 
 ENTRY_POINT_GROUP = "certify.backends"
 
@@ -49,3 +52,14 @@ def resolve_backend(name: str) -> type[Backend]:
     cls = cast("type[Backend]", cls)
     cls.import_runtime()
     return cls
+
+
+def cannot_run(ref: ModelRef) -> str:
+    """'' when ``ref``'s framework and device are present on this machine, else what is missing and how to install
+    it (asked here by the runner, and on a board by its worker)."""
+    try:
+        backend = resolve_backend(ref.framework)
+        ok, detail = backend.available_devices(ref)
+    except CertifyError as exc:
+        return f"framework {ref.framework!r} unavailable: {exc.message}; install: {exc.hint}"
+    return "" if ok else f"device {ref.device!r} not available: {detail}; install: {backend.install_hint}"

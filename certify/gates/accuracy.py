@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from certify.cases import safe_name
 from certify.digests import model_digest
 from certify.errors import CertifyError
 from certify.gates.context import GateContext
@@ -28,7 +27,7 @@ def evaluate(ctx: GateContext) -> GateResult:
     bs = case.model.dataset.batch_size
     metric = metric_for(case.model.metric, dict(case.model.metric_params))
     lm = metric.language_model
-    key = safe_name(case.model.name) + ("-baseline-token-scores" if lm else "-baseline-outputs")
+    key = case.baseline_key + ("-baseline-token-scores" if lm else "-baseline-outputs")
     base_out = ctx.store.cached_array(
         key, lambda: accuracy.predict("baseline", case.model.baseline, inputs, bs, measure,
                                       tokens=accuracy.language_model_scoring(labels) if lm else None)[0],

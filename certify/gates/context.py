@@ -14,7 +14,7 @@ import numpy as np
 from certify import verdict
 from certify.errors import CertifyError
 from certify.measure import dataset
-from certify.measure.client import WorkerClient
+from certify.measure.client import WorkerClient, open_worker
 from certify.verdict import GateResult
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class SharedMeasurements(Protocol):
 
     def tokenization(self, model: ModelPlan) -> dict[str, Any] | None: ...
 
-    def cannot_run(self, ref: ModelRef) -> str: ...
+    def cannot_run(self, ref: ModelRef, board: str = "") -> str: ...
 
 
 @dataclass
@@ -66,8 +66,9 @@ class GateContext:
         return dataset.speed_batch(self.data()[0], self.case.model.dataset.speed_batch_size, self.case.model.layout)
 
     def cannot_run(self, ref: ModelRef) -> str:
-        """'' when ``ref``'s framework and device are present here, else what is missing and how to install it."""
-        return self.shared.cannot_run(ref)
+        """'' when ``ref``'s framework and device are present where the case measures (here, or its board), else
+        what is missing and how to install it."""
+        return self.shared.cannot_run(ref, self.case.board)
 
     def threshold(self, name: str) -> float:
         """A threshold by name: the policy's field (``min_speedup``...), else the gate's own default
@@ -84,7 +85,7 @@ class GateContext:
         ``worker.call("feeds", key=..., arrays=...)`` then ``worker.call("run", key=..., iterations=...)`` times
         inferences; ``worker.call("predict", key=..., batch_size=...)`` answers a whole dataset."""
         ref = self.case.candidate if role == "candidate" else self.case.model.baseline
-        with WorkerClient(role, ref, self.plan.measure.timeout_s) as client:
+        with open_worker(role, ref, self.plan.measure.timeout_s) as client:
             client.call("load", ref=ref)
             yield client
 

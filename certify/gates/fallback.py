@@ -33,7 +33,7 @@ from certify.digests import model_files
 from certify.errors import CertifyError, WorkerCrashed, first_line
 from certify.hardware import DEVICES
 from certify.measure import accuracy, batching
-from certify.measure.client import WorkerClient
+from certify.measure.client import WorkerClient, open_worker
 from certify.plan import ModelRef
 from certify.policy import Policy
 from certify.recipes.build import materialize
@@ -128,7 +128,7 @@ def first_answer(worker: WorkerClient, inputs: dict[str, np.ndarray]) -> np.ndar
 def reference_answers(ref: ModelRef, inputs: dict[str, np.ndarray], batch: int, timeout_s: float, role: str
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(the first input's answer alone, every input's answer) from ``ref`` loaded normally in a fresh worker."""
-    with WorkerClient(role, ref, timeout_s) as worker:
+    with open_worker(role, ref, timeout_s) as worker:
         worker.call("load", ref=ref)
         return first_answer(worker, inputs), answer(worker, inputs, batch)
 
@@ -249,7 +249,7 @@ def fail_then_fall_back(broken: ModelRef, target: ModelRef, inputs: dict[str, np
                         timeout_s: float) -> dict[str, Any]:
     """Load the broken candidate; on its failure load the fallback in the same worker (a new one after a crash)
     and time the failure -> the first answer. The answers come back under 'first' and 'outputs'."""
-    worker = WorkerClient("candidate", broken, timeout_s)
+    worker = open_worker("candidate", broken, timeout_s)
     try:
         try:
             worker.call("load", ref=broken)
@@ -260,7 +260,7 @@ def fail_then_fall_back(broken: ModelRef, target: ModelRef, inputs: dict[str, np
                      "clear": not crashed and not exc.message.startswith(UNCLEAR_LOAD)}
         if crashed:
             worker.close()
-            worker = WorkerClient("fallback", target, timeout_s)
+            worker = open_worker("fallback", target, timeout_s)
         worker.role, worker.label = "fallback", f"fallback {target.name!r}"  # its errors are the fallback's now
         loaded = worker.call("load", ref=target)
         first = first_answer(worker, inputs)
@@ -313,7 +313,7 @@ def in_process_fault(worker: WorkerClient, batch: int, before: np.ndarray) -> di
 
 def recovery_scenario(ctx: GateContext, inputs: dict[str, np.ndarray], policy: Policy) -> Scenario:
     ref, batch, timeout_s = ctx.case.candidate, ctx.case.model.dataset.batch_size, ctx.plan.measure.timeout_s
-    with WorkerClient("candidate", ref, timeout_s) as worker:
+    with open_worker("candidate", ref, timeout_s) as worker:
         worker.call("load", ref=ref)
         before_first, before = first_answer(worker, inputs), answer(worker, inputs, batch)
         for _ in range(STREAM_REQUESTS - 2):
@@ -321,7 +321,7 @@ def recovery_scenario(ctx: GateContext, inputs: dict[str, np.ndarray], policy: P
         injected = in_process_fault(worker, batch, before)
         killed_at = time.perf_counter()
         worker.kill()
-    with WorkerClient("candidate", ref, timeout_s) as fresh:
+    with open_worker("candidate", ref, timeout_s) as fresh:
         loaded = fresh.call("load", ref=ref)
         first = first_answer(fresh, inputs)
         recovery_s = time.perf_counter() - killed_at

@@ -5,7 +5,6 @@ measured once per session and reused by every candidate of the model."""
 
 from __future__ import annotations
 
-from certify.cases import safe_name
 from certify.gates.context import GateContext
 from certify.measure import footprint
 from certify.policy import Policy
@@ -16,7 +15,7 @@ from certify.verdict import GateResult, decide
 def evaluate(ctx: GateContext) -> GateResult:
     case, feeds, measure = ctx.case, ctx.speed_feeds(), ctx.plan.measure
     lm = case.model.dataset.text is not None
-    key = safe_name(case.model.name) + "-baseline-memory"
+    key = case.baseline_key + "-baseline-memory"
     base = ctx.store.cached_json(
         key, lambda: footprint.measure_memory("baseline", case.model.baseline, feeds, measure, language_model=lm),
         owner=case.key)

@@ -27,7 +27,7 @@ import numpy as np
 
 from certify.errors import CertifyError, WorkerCrashed, first_line
 from certify.measure import batching
-from certify.measure.client import WorkerClient
+from certify.measure.client import WorkerClient, open_worker
 from certify.measure.probes import (
     ARRAY_PROBES,
     EMPTY,
@@ -143,7 +143,7 @@ class Session:
     def start(self) -> list[np.ndarray]:
         """A fresh worker with the model loaded and the valid request prepared; its answer to that request."""
         self.close()
-        self.client = WorkerClient("candidate", self.ref, self.timeout_s)
+        self.client = open_worker("candidate", self.ref, self.timeout_s)
         self.loaded = self.client.call("load", ref=self.ref)
         self.client.call("feeds", key="valid", arrays=self.valid)
         answer = self.serve()  # the first call warms the runtime up; the second one's latency scales the probes

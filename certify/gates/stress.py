@@ -21,7 +21,7 @@ import numpy as np
 
 from certify import verdict
 from certify.measure import batching, stats
-from certify.measure.client import WorkerClient
+from certify.measure.client import open_worker
 from certify.measure.load import MIN_WINDOW_REQUESTS
 from certify.plan import Layout, Measure, Stress
 from certify.policy import Policy
@@ -109,7 +109,7 @@ def _measure_once(ctx: GateContext) -> tuple[dict[str, Any], dict[str, Any], int
     case, stress, measure = ctx.case, ctx.plan.stress, ctx.plan.measure
     requests = distinct_requests(ctx.data()[0], case.model.dataset.speed_batch_size, case.model.layout)
     drain, deadline = budget_s(stress, measure)
-    with WorkerClient("candidate", ctx.case.candidate, measure.timeout_s) as worker:
+    with open_worker("candidate", ctx.case.candidate, measure.timeout_s) as worker:
         loaded = worker.call("load", ref=ctx.case.candidate)
         keys = [f"stress-{i}" for i in range(len(requests))]
         for key, arrays in zip(keys, requests, strict=True):

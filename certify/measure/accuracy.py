@@ -9,7 +9,7 @@ import numpy as np
 
 from certify.errors import CertifyError
 from certify.measure import stats
-from certify.measure.client import WorkerClient
+from certify.measure.client import WorkerClient, open_worker
 from certify.measure.fidelity import fidelity
 from certify.metrics import Metric
 from certify.plan import Measure, ModelRef
@@ -25,7 +25,7 @@ def predict(role: str, ref: ModelRef, inputs: dict[str, np.ndarray], batch_size:
     ran and how it was batched (``certify.measure.worker.Worker.cmd_predict``). ``check`` runs on the loaded
     worker first (a language model's tokenization compared with the baseline's) and may raise to stop there;
     ``tokens`` asks a language model for compact records instead of logits (``language_model_scoring``)."""
-    with WorkerClient(role, ref, measure.timeout_s) as worker:
+    with open_worker(role, ref, measure.timeout_s) as worker:
         loaded = worker.call("load", ref=ref)
         if check is not None:
             check(worker)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -126,3 +128,31 @@ class WorkerClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+Spawner = Callable[[str, ModelRef, float], WorkerClient]
+_SPAWNER: ContextVar[Spawner | None] = ContextVar("certify_worker_spawner", default=None)
+
+
+def open_worker(role: str, ref: ModelRef, timeout_s: float) -> WorkerClient:
+    """A fresh measurement worker for ``ref`` where the case being measured runs: a local child process, or, while
+    ``workers_from`` is in force (a case routed to a board of the lab), a worker on that board."""
+    spawner = _SPAWNER.get()
+    return spawner(role, ref, timeout_s) if spawner is not None else WorkerClient(role, ref, timeout_s)
+
+
+def measuring_remotely() -> bool:
+    """True while the workers ``open_worker`` starts run on another machine (a board): host-side figures (noise,
+    energy) must then come from that machine, not from this one."""
+    return _SPAWNER.get() is not None
+
+
+@contextlib.contextmanager
+def workers_from(spawner: Spawner) -> Iterator[None]:
+    """Within the block, ``open_worker`` starts its workers with ``spawner`` (``certify.lab`` passes one that
+    starts them on a board)."""
+    token = _SPAWNER.set(spawner)
+    try:
+        yield
+    finally:
+        _SPAWNER.reset(token)

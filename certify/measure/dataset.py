@@ -53,9 +53,9 @@ def load_text_dataset(dataset: Dataset, tokenizer: ModelRef, timeout_s: float
     """A language model's evaluation data: the text tokenized by ``tokenizer`` (the baseline, in a worker), with
     BOS/EOS as its metadata asks, cut into ``chunks`` windows of ``context`` tokens; labels are each position's next
     token. The third part records the tokenization (``text_chunks``)."""
-    from certify.measure.client import WorkerClient
+    from certify.measure.client import open_worker
 
-    with WorkerClient("baseline", tokenizer, timeout_s) as worker:
+    with open_worker("baseline", tokenizer, timeout_s) as worker:
         worker.call("load", ref=tokenizer)
         answer = worker.call("text_tokens", text=read_text(dataset))
     return text_chunks(answer["tokens"], dataset, answer["special"])
@@ -82,9 +82,9 @@ def same_tokenization(dataset: Dataset, baseline: dict[str, Any], worker: Any, b
             hint="certify a candidate converted from the baseline with its tokenizer metadata kept")
     if ids_digest(tokens) == baseline.get("ids_sha256"):
         return
-    from certify.measure.client import WorkerClient
+    from certify.measure.client import open_worker
 
-    with WorkerClient("baseline", baseline_ref, timeout_s) as base:
+    with open_worker("baseline", baseline_ref, timeout_s) as base:
         base.call("load", ref=baseline_ref)
         expected = [int(t) for t in base.call("tokenize", text=read_text(dataset))]
         at = next((i for i, (a, b) in enumerate(zip(tokens, expected, strict=False)) if a != b),

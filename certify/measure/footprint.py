@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from certify.digests import model_files
-from certify.measure.client import WorkerClient
+from certify.measure.client import open_worker
 from certify.plan import Measure, ModelRef
 from certify.records import MemoryFigures
 
@@ -41,7 +41,7 @@ def measure_memory(role: str, ref: ModelRef, feeds: dict[str, np.ndarray], measu
     loaded: dict[str, Any] = {}
     mapped: list[int | None] = []
     for _ in range(measure.memory_repeats):
-        with WorkerClient(role, ref, measure.timeout_s) as worker:
+        with open_worker(role, ref, measure.timeout_s) as worker:
             loaded = worker.call("load", ref=ref)
             worker.call("feeds", key="mem", arrays=feeds)
             if language_model:

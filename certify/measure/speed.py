@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from certify.measure import energy, preflight, stats
-from certify.measure.client import WorkerClient
+from certify.measure.client import WorkerClient, measuring_remotely, open_worker
 from certify.plan import Measure, ModelRef
 from certify.records import LatencySummary, Loaded, PairedSpeed, Preflight
 
@@ -81,7 +81,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
     host's noise preflight and, where the host has energy counters, joules per inference (else why not).
     ``mode = "decode"`` times language-model generation: one iteration is one token appended to the context.
     Raises ``preflight.HostTooNoisy`` when the host is too noisy and the plan says ``measure.noise = "refuse"``."""
-    measure, checked, meter, no_energy = _host_check(measure, confidence)
+    measure, checked, meter, no_energy = _host_check(baseline, measure, confidence)
     run, replicates = SpeedRun(mode=mode, meter=meter), max(1, measure.replicates)
     stops: list[str] = []
     loaded: dict[str, Any] = {}
@@ -92,7 +92,7 @@ def measure_speed(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.n
         stops.append(stop)
     elapsed, stop = time.monotonic() - started, stops[-1]  # why the run ended; each replicate's in replicate_stops
     block = run.block
-    after = preflight.run_preflight(measure.noise, confidence)  # the host may have changed during the run
+    after = _preflight(baseline, measure, confidence, "preflight")  # the host may have changed during the run
     base_ns, cand_ns = run.arrays()
     found = stats.speedup(base_ns, cand_ns, resamples=measure.bootstrap_resamples, seed=measure.seed,
                           confidence=confidence, block=run.block, starts=run.starts)
@@ -131,8 +131,8 @@ def _replicate(baseline: ModelRef, candidate: ModelRef, feeds: dict[str, np.ndar
     """One pair of fresh workers measured into ``run`` within its share of the run's bounds (the first pair sets
     the block size from the whole run's); the load answers and why it stopped."""
     whole, measure = bounds
-    with WorkerClient("baseline", baseline, measure.timeout_s) as a, \
-            WorkerClient("candidate", candidate, measure.timeout_s) as b:
+    with open_worker("baseline", baseline, measure.timeout_s) as a, \
+            open_worker("candidate", candidate, measure.timeout_s) as b:
         loaded = {"baseline": a.call("load", ref=baseline), "candidate": b.call("load", ref=candidate)}
         for worker in (a, b):
             worker.call("feeds", key="speed", arrays=feeds)
@@ -162,15 +162,29 @@ def _warm_up(worker: WorkerClient, iterations: int, run: SpeedRun) -> float:
     return latency
 
 
-def _host_check(measure: Measure, confidence: float) -> tuple[Measure, Preflight, energy.Meter | None, str]:
+def _host_check(ref: ModelRef, measure: Measure, confidence: float
+                ) -> tuple[Measure, Preflight, energy.Meter | None, str]:
     """Before the workers start: the noise preflight (waited on under ``wait``, raises ``HostTooNoisy`` under
     ``refuse``), the measure bounds it widened, and the energy meter (or why there is none)."""
-    checked = preflight.settle(measure, confidence)
+    checked = _preflight(ref, measure, confidence, "settle")
     preflight.check(checked)
     measure, widened = preflight.widen(measure, checked)
     checked["widened"] = widened
+    if measuring_remotely():
+        return measure, checked, None, "energy counters are read where pytest runs; this case ran on a board"
     meter, no_energy = energy.open_meter()
     return measure, checked, meter, no_energy
+
+
+def _preflight(ref: ModelRef, measure: Measure, confidence: float, step: str) -> Preflight:
+    """The noise preflight of the machine that measures: here, or on the board through a worker there
+    (``step``: "settle" waits for quiet as the plan says, "preflight" samples once). ``ref`` only names the worker."""
+    if not measuring_remotely():
+        return preflight.settle(measure, confidence) if step == "settle" else \
+            preflight.run_preflight(measure.noise, confidence)
+    with open_worker("host", ref, measure.timeout_s) as board:
+        answer: Preflight = board.call(step, measure=measure, confidence=confidence)
+    return answer
 
 
 def _where(loaded: dict[str, Any]) -> Loaded:

@@ -222,6 +222,25 @@ class Worker:
                 "python": sys.executable, "python_version": platform.python_version(),
                 "harness": os.path.dirname(certify.__file__)}
 
+    def cmd_settle(self, measure: Any, confidence: float) -> dict[str, Any]:
+        """This machine's noise preflight, waited on as the plan's ``measure.noise`` says (a board's, in a lab)."""
+        from certify.measure import preflight
+
+        return preflight.settle(measure, confidence)
+
+    def cmd_preflight(self, measure: Any, confidence: float) -> dict[str, Any]:
+        """One noise preflight of this machine (``preflight.run_preflight``)."""
+        from certify.measure import preflight
+
+        return preflight.run_preflight(measure.noise, confidence)
+
+    def cmd_can_run(self, ref: Any) -> str:
+        """'' when ``ref`` can run on this machine, else why not (``certify.backends.cannot_run``): how a board is
+        asked."""
+        from certify.backends import cannot_run
+
+        return cannot_run(ref)
+
     def cmd_exit(self) -> None:
         if self.backend is not None:
             self.backend.close()

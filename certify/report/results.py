@@ -77,13 +77,15 @@ def describe_gates(gates: GateRegistry) -> list[dict[str, Any]]:
 def build_results(*, run_id: str, plan: dict[str, Any], host: dict[str, Any], packages: dict[str, str],
                   entries: list[dict[str, Any]], started: float, finished: float, complete: bool,
                   models: list[dict[str, Any]], gates: list[dict[str, Any]] | None = None,
-                  required: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+                  required: Mapping[str, Sequence[str]] | None = None,
+                  boards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     required = {case: list(g) for case, g in (required or {}).items()}
     verdicts = candidate_verdicts(entries, required, complete)
     counts = {v: sum(1 for e in entries if e["result"]["verdict"] == v) for v in VERDICTS}
     return {
         "schema": SCHEMA, "run_id": run_id, "started": started, "finished": finished, "complete": complete,
         "plan": plan, "models": models, "gates": gates or [], "host": host, "packages": packages, "counts": counts,
+        "boards": boards or [],  # the lab's boards (``certify.lab.fleet.LabBoard.facts``); [] when measured here
         "status": run_status(list(verdicts.values()), complete), "candidates": verdicts, "required": required,
         "left_out": gates_left_out(entries, required), "cases": sorted(entries, key=lambda e: (e["case"], e["gate"])),
     }

@@ -84,7 +84,7 @@ class CertifyReporter:
             run_id=state.run_id, host=detect_host().to_dict(), packages=package_versions(), entries=self.entries(),
             plan={"name": plan.name, "source": str(plan.source), "digest": plan.digest,
                   "policy": plan.policy.to_dict()}, models=describe_models(plan, records),
-            gates=describe_gates(state.gates), required=state.required_gates(),
+            gates=describe_gates(state.gates), required=state.required_gates(), boards=state.board_facts(records),
             started=state.started, finished=time.time(), complete=not state.interrupted and exitstatus in (0, 1),
         )
         write_json_atomic(state.run_dir / RESULTS_FILE, document)
@@ -104,6 +104,12 @@ class CertifyReporter:
         tr, host = terminalreporter, detect_host()
         tr.section("certification summary")
         tr.write_line(f"host: {host.describe()} [{host.fingerprint}]")
+        for board in self.state.results.get("boards") or []:
+            trouble = f"REFUSED: {board['refused']}" if board["refused"] else \
+                f"LOST: {board['lost']}" if board["lost"] else ""
+            tr.write_line(f"board {board['name']} ({board['address']}, place {board['place'] or '-'}, waited "
+                          f"{board['wait_s']:.1f} s): {trouble or (board['host'] or {}).get('cpu_model', '?')}",
+                          red=bool(trouble))
         results = self.state.results
         for line in matrix_lines(entries, self.state.gates.order(e["gate"] for e in entries),
                                  results.get("candidates", {})):
