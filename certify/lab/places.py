@@ -144,8 +144,12 @@ class LabgridClient:
     def run(self, *args: str, timeout_s: float = CALL_TIMEOUT_S) -> str:
         """Run one command and return what it printed; a failure is a ``PlaceError`` with labgrid's own line."""
         env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROPPED}
-        done = subprocess.run([*self.argv, "-x", self.coordinator, *args], capture_output=True, text=True, env=env,
-                              timeout=timeout_s, check=False)
+        try:
+            done = subprocess.run([*self.argv, "-x", self.coordinator, *args], capture_output=True, text=True,
+                                  env=env, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise PlaceError(f"labgrid-client {' '.join(args)} at {self.coordinator} did not finish within "
+                             f"{timeout_s:g} s") from None
         if done.returncode == 0:
             return done.stdout
         if "Could not connect to coordinator" in done.stderr:
@@ -166,6 +170,19 @@ class LabgridClient:
             raise PlaceError(f"labgrid-client reserve name={place} at {self.coordinator} printed no reservation")
         token, fields = next(iter(made.items()))
         return token, fields.get("state", "")
+
+    def wait(self, token: str, timeout_s: float) -> bool:
+        """Wait (``labgrid-client wait``) until reservation ``token`` is no longer waiting; False after
+        ``timeout_s``."""
+        if timeout_s <= 0:
+            return False
+        try:
+            self.run("wait", token, timeout_s=timeout_s)
+        except PlaceError as error:
+            if "did not finish within" in error.message:
+                return False
+            raise
+        return True
 
     def owners(self) -> dict[str, str]:
         """Each reservation's owner (``host/user``), by token."""
@@ -226,16 +243,9 @@ def take_one(client: LabgridClient, name: str, deadline: float, timeout_s: float
     asked = time.monotonic()
     token, state = client.reserve(name)
     taken.tokens.append(token)
-    if state == "waiting":
-        try:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired("wait", 0)
-            client.run("wait", token, timeout_s=left)
-        except subprocess.TimeoutExpired:
-            raise PlaceError(f"labgrid place {name!r} is still {holder(client, name)} after waiting "
-                             f"{timeout_s:g} s", hint=f"ask them to release it (labgrid-client -p {name} release), "
-                                                      "or allow a longer wait") from None
+    if state == "waiting" and not client.wait(token, deadline - time.monotonic()):
+        raise PlaceError(f"labgrid place {name!r} is still {holder(client, name)} after waiting {timeout_s:g} s",
+                         hint=f"ask them to release it (labgrid-client -p {name} release), or allow a longer wait")
     client.run("-p", name, "acquire")
     taken.acquired.append(name)
     return time.monotonic() - asked, token
@@ -267,7 +277,7 @@ def give_back(client: LabgridClient, taken: Taken, *, quiet: bool) -> None:
     for step in steps:
         try:
             client.run(*step)
-        except (PlaceError, subprocess.TimeoutExpired) as error:
+        except PlaceError as error:
             if not any(gone in str(error) for gone in GONE):
                 failed.append(str(error))
     taken.acquired.clear()
