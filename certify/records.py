@@ -4,7 +4,10 @@ reports show. One definition of each key, shared by all three (the record is sto
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:  # typing has it from Python 3.11; the annotations are never evaluated at run time
+    from typing import NotRequired
 
 # The keys of a latency summary (``certify.measure.stats.summarize``), milliseconds unless said otherwise:
 # p50_ms p90_ms p95_ms p99_ms mean_ms stdev_ms min_ms max_ms cv robust_cv n.
@@ -110,10 +113,31 @@ class AccuracyFigures(TypedDict, total=False):
     same_file_as_baseline: bool  # the candidate's model file has the baseline's digest
 
 
+BOARD_MARK = "@"  # a case measured on a board of the lab: '<model>/<candidate>@<board>'
+
+
+def case_id(model: str, candidate: str, board: str | None = None) -> str:
+    """The id of a case: 'model/candidate', and '@board' after it when it is measured on a board of the lab."""
+    pair = f"{model}/{candidate}"
+    return pair if board is None else f"{pair}{BOARD_MARK}{board}"
+
+
+def split_case_id(case: str) -> tuple[str, str | None]:
+    """A case id as ('model/candidate', board): 'm/int8@nuc1' -> ('m/int8', 'nuc1'), 'm/int8' -> ('m/int8', None).
+    Only an '@' after the candidate's '/' names a board (a model named 'a@b' is not on a board)."""
+    pair, mark, board = case.rpartition(BOARD_MARK)
+    if not mark or not board or "/" in board or "/" not in pair:
+        return case, None
+    return pair, board
+
+
 class CaseFields(TypedDict):
-    """What names a case (``certify.cases.Case.describe``): in every evidence record and results.json entry."""
+    """What names a case (``certify.cases.Case.describe``): in every evidence record and results.json entry. ``case``
+    is ``case_id(model, candidate, board)``; ``board`` is the name of the lab's board that measured it, None for a
+    case measured here."""
 
     case: str
+    board: NotRequired[str | None]
     model: str
     candidate: str
     gate: str
@@ -132,7 +156,7 @@ class EvidenceRecord(CaseFields, total=False):
     result: dict[str, Any]  # certify.verdict.GateResult.to_dict()
     plan_digest: str
     measurement: dict[str, Any]  # the gate's evidence: a PairedSpeed, {baseline, candidate: MemoryFigures}, ...
-    host_fingerprint: str
+    host_fingerprint: str  # the board's, for a case measured on a board (whose record also holds ``board_facts``)
     policy: dict[str, Any]
     started: float
     finished: float
