@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from certify.frameworks import FRAMEWORKS
 from certify.plan import ModelPlan, ModelRef, Plan
-from certify.records import CaseFields
+from certify.records import CaseFields, case_id
 
 
 def safe_name(text: str) -> str:
@@ -27,7 +27,7 @@ class Case:
     @property
     def id(self) -> str:
         """``model/candidate``, and ``@board`` when a board of the lab measures it."""
-        return f"{self.model.name}/{self.candidate.name}" + (f"@{self.board}" if self.board else "")
+        return case_id(self.model.name, self.candidate.name, self.board or None)
 
     @property
     def key(self) -> str:

@@ -116,7 +116,8 @@ def cmd_verify(ns: argparse.Namespace, extra: list[str]) -> int:
 
     max_age = getattr(ns, "max_age", DEFAULT_MAX_AGE_DAYS)  # absent: the default; None: --max-age none
     req = Request(Path(ns.certificate), [Path(k) for k in ns.key], [Path(m) for m in ns.model], ns.policy,
-                  ns.require, max_age, ns.allow_dev_key, ns.allow_noisy)
+                  ns.require, max_age, ns.allow_dev_key, ns.allow_noisy, host_markers=ns.host_marker,
+                  boards=ns.board)
     outcome = verify(req)
     if ns.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -246,6 +247,13 @@ def _verify_parser(sub: Any) -> None:
     verify.add_argument("--key", action="append", required=True, metavar="PUB", help="trusted public key (repeatable)")
     verify.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="a model file being released: its digest must be a certified subject (repeatable)")
+    verify.add_argument("--host-marker", action="append", default=[], metavar="MARKER",
+                        help="only candidates measured on a board (or, without a lab, a host) whose detected platform "
+                        "markers or devices include MARKER, e.g. intel, arm, gpu (repeatable: every one); none left "
+                        "is a refusal")
+    verify.add_argument("--board", action="append", default=[], metavar="NAME",
+                        help="only candidates measured on this board of the lab (repeatable: any of them); none left "
+                        "is a refusal; a board the lab refused is never accepted")
     verify.add_argument("--policy", metavar="NAME|FILE",
                         help="the certificate's policy must be at least this strict (default: the built-in policy "
                         "of the name it records; a custom policy is accepted only through this option)")

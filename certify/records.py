@@ -110,8 +110,28 @@ class AccuracyFigures(TypedDict, total=False):
     same_file_as_baseline: bool  # the candidate's model file has the baseline's digest
 
 
+BOARD_MARK = "@"  # a case measured on a board of the lab: '<model>/<candidate>@<board>'
+
+
+def case_id(model: str, candidate: str, board: str | None = None) -> str:
+    """The id of a case: 'model/candidate', and '@board' after it when it is measured on a board of the lab."""
+    pair = f"{model}/{candidate}"
+    return pair if board is None else f"{pair}{BOARD_MARK}{board}"
+
+
+def split_case_id(case: str) -> tuple[str, str | None]:
+    """A case id as ('model/candidate', board): 'm/int8@nuc1' -> ('m/int8', 'nuc1'), 'm/int8' -> ('m/int8', None).
+    Only an '@' after the candidate's '/' names a board (a model named 'a@b' is not on a board)."""
+    pair, mark, board = case.rpartition(BOARD_MARK)
+    if not mark or not board or "/" in board or "/" not in pair:
+        return case, None
+    return pair, board
+
+
 class CaseFields(TypedDict):
-    """What names a case (``certify.cases.Case.describe``): in every evidence record and results.json entry."""
+    """What names a case (``certify.cases.Case.describe``): in every evidence record and results.json entry. ``case``
+    is ``case_id(model, candidate, board)``; ``board`` is the name of the lab's board that measured it, None for a
+    case measured here."""
 
     case: str
     model: str

@@ -5,7 +5,12 @@ Strict by default: the policy each candidate was judged by is compared with the 
 with ``--policy``), the certificate must be younger than ``DEFAULT_MAX_AGE_DAYS`` and never from the future, every
 gate's verdict must follow from its recorded figures under its policy's decision rule, the subjects must be the
 certified candidates with their digests, a certified candidate must have passed every gate it requires, and a
-required gate measured on a too-noisy host is refused unless ``allow_noisy``."""
+required gate measured on a too-noisy host is refused unless ``allow_noisy``.
+
+Where it ran: the candidates verified (every one, or those of the ``models`` given) can be narrowed to those measured
+on a board of the lab named in ``boards`` and/or whose detected platform markers and devices include every one of
+``host_markers`` (a certificate without boards: its host's). Nothing left is a refusal naming the boards or host the
+certificate holds. A board the lab refused (its hardware contradicts its tags) is never accepted."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from certify.gates.registry import GATE_NAMES
 from certify.plan.load import load_policy
 from certify.policy import DECISION_RULES, POLICIES, Policy, weaker_points
 from certify.report.certificate import parse_iso, required_gates_missing
+from certify.report.lab import boards_of, host_markers
 from certify.verdict import CERTIFIED, FAIL, PASS, decide, format_value
 
 CLOCK_SKEW_S = 300.0
@@ -57,6 +63,12 @@ class Request:
     max_age_days: float | None = DEFAULT_MAX_AGE_DAYS  # None: no limit (a finish in the future is still refused)
     allow_dev_key: bool = False
     allow_noisy: bool = False  # accept a required gate measured on a too-noisy host
+    host_markers: list[str] = field(default_factory=list)  # measured on a board (or host) with each of these markers
+    boards: list[str] = field(default_factory=list)  # measured on one of these boards of the lab
+
+    @property
+    def narrowed(self) -> bool:
+        return bool(self.host_markers or self.boards)
 
 
 @dataclass
@@ -110,8 +122,9 @@ def _check_statement(out: Outcome, statement: dict[str, Any], req: Request, now:
     pred = statement["predicate"]
     _check_run(out, pred, req, now)
     _check_subjects(out, statement)
-    for cand in _select(out, statement, req.models):
+    for cand in _select(out, statement, req):
         _check_candidate(out, cand, req, required_policy)
+        _check_board(out, cand, pred)
 
 
 def _check_run(out: Outcome, pred: dict[str, Any], req: Request, now: float) -> None:
@@ -168,35 +181,135 @@ def _subject(subject: Any) -> tuple[Any, Any]:
     return subject.get("name"), digest.get("sha256") if isinstance(digest, dict) else None
 
 
-def _select(out: Outcome, statement: dict[str, Any], models: list[Path]) -> list[dict[str, Any]]:
-    """The candidates this verification is about: the given model files, else every candidate certified or not."""
-    candidates = [c for c in statement["predicate"].get("candidates", []) if isinstance(c, dict)]
-    if not models:
+def _select(out: Outcome, statement: dict[str, Any], req: Request) -> list[dict[str, Any]]:
+    """The candidates this verification is about: those measured where ``req`` asks (everywhere by default), of
+    them the given model files, else every one certified or not."""
+    pred = statement["predicate"]
+    everything = [c for c in pred.get("candidates", []) if isinstance(c, dict)]
+    candidates = _measured_where_asked(out, pred, everything, req)
+    subjects = [_subject(s) for s in statement["subject"]]
+    if req.narrowed and not candidates:
+        return []
+    if not req.models:
         if not statement["subject"]:
             out.add("subject", False, "the certificate certifies no model")
+        elif req.narrowed and not any((c.get("case"), c.get("sha256")) in subjects for c in candidates):
+            out.add("subject", False, f"no candidate measured on {_asked(pred, req)} is certified")
         return candidates
-    subjects = [_subject(s) for s in statement["subject"]]
-    selected = []
-    for path in models:
-        try:
-            digest = model_digest(path).sha256
-        except (CertifyError, OSError) as exc:
-            out.add("model", False, f"{path}: {exc}")
-            continue
-        matching = [c for c in candidates if c.get("sha256") == digest]
-        certified = [c for c in matching if (c.get("case"), digest) in subjects]
-        if certified:
-            out.add("model", True, f"{path} is certified subject {certified[0]['case']} (sha256 {digest[:16]}...)")
-        elif matching:
-            out.add("model", False, f"{path} is candidate {matching[0].get('case')} but its verdict is "
-                    f"{matching[0].get('verdict')}" + ("" if matching[0].get("verdict") != CERTIFIED
-                                                       else " and it is not a subject of the certificate"))
-        else:
-            names = ", ".join(str(n) for n, _ in subjects) or "none"
-            out.add("model", False, f"{path} (sha256 {digest[:16]}...) matches no subject of the certificate; "
-                    f"it is not the file that was certified (certified: {names})")
-        selected.extend((certified or matching)[:1])
-    return selected
+    return [c for path in req.models for c in _by_model(out, path, candidates, everything, subjects,
+                                                         _asked(pred, req))]
+
+
+def _by_model(out: Outcome, path: Path, candidates: list[dict[str, Any]], everything: list[dict[str, Any]],
+              subjects: list[tuple[Any, Any]], asked: str) -> list[dict[str, Any]]:
+    """The candidates that are this model file: its certified ones, else the first (to say why it is not)."""
+    try:
+        digest = model_digest(path).sha256
+    except (CertifyError, OSError) as exc:
+        out.add("model", False, f"{path}: {exc}")
+        return []
+    matching = [c for c in candidates if c.get("sha256") == digest]
+    certified = [c for c in matching if (c.get("case"), digest) in subjects]
+    elsewhere = [str(c.get("case")) for c in everything if c.get("sha256") == digest]
+    if certified:
+        out.add("model", True, f"{path} is certified subject {', '.join(str(c['case']) for c in certified)} "
+                f"(sha256 {digest[:16]}...)")
+    elif matching:
+        out.add("model", False, f"{path} is candidate {matching[0].get('case')} but its verdict is "
+                f"{matching[0].get('verdict')}" + ("" if matching[0].get("verdict") != CERTIFIED
+                                                   else " and it is not a subject of the certificate"))
+    elif elsewhere:
+        out.add("model", False, f"{path} is candidate {', '.join(elsewhere)}, none measured on {asked}")
+    else:
+        names = ", ".join(str(n) for n, _ in subjects) or "none"
+        out.add("model", False, f"{path} (sha256 {digest[:16]}...) matches no subject of the certificate; "
+                f"it is not the file that was certified (certified: {names})")
+    return certified or matching[:1]
+
+
+@dataclass(frozen=True)
+class Where:
+    """What measured a candidate, as its certificate describes it: a board of the lab, or the certificate's host
+    (the machine that ran the session)."""
+
+    board: str | None
+    markers: tuple[str, ...]  # its detected platform markers and devices
+    refused: str = ""  # why the lab refused the board (its detected hardware contradicts its tags)
+    lost: str = ""
+    known: bool = True  # False: a board the certificate's ``boards`` does not describe
+
+    @property
+    def trusted(self) -> bool:
+        return self.known and not self.refused
+
+    def describe(self) -> str:
+        """'nuc1 (intel, cpu)', 'pi (arm, cpu; refused: ...)', 'this host (amd, cpu)'."""
+        notes = [", ".join(self.markers) or "no marker", *(f"{k}: {v}" for k, v in
+                                                          (("refused", self.refused), ("lost", self.lost)) if v)]
+        return f"{self.board or 'this host'} ({'; '.join(notes)})"
+
+
+def _boards(pred: dict[str, Any]) -> dict[str, Where]:
+    """The lab's boards by name ({} for a certificate of a local run)."""
+    return {str(b.get("name")): Where(str(b.get("name")), tuple(host_markers(b.get("host"))),
+                                      str(b.get("refused") or ""), str(b.get("lost") or "")) for b in boards_of(pred)}
+
+
+def _where(pred: dict[str, Any], cand: dict[str, Any], boards: dict[str, Where]) -> Where:
+    board = cand.get("board")
+    if board is None:
+        return Where(None, tuple(host_markers(pred.get("host"))))
+    return boards.get(str(board)) or Where(str(board), (), known=False)
+
+
+def _measured_where_asked(out: Outcome, pred: dict[str, Any], candidates: list[dict[str, Any]],
+                          req: Request) -> list[dict[str, Any]]:
+    """The candidates measured on a board (or host) that ``req`` asks for; a refused board never is one."""
+    if not req.narrowed:
+        return candidates
+    boards = _boards(pred)
+    where = {id(c): _where(pred, c, boards) for c in candidates}
+    kept = [c for c in candidates if _is_asked(where[id(c)], req)]
+    if not kept:
+        held = [w.describe() for w in boards.values()]
+        if not boards or any(c.get("board") is None for c in candidates):
+            held.append(Where(None, tuple(host_markers(pred.get("host")))).describe())
+        out.add("host", False, f"no candidate of this certificate was measured on {_asked(pred, req)}: it holds "
+                + ", ".join(held))
+    else:
+        places = sorted({where[id(c)].describe() for c in kept})
+        out.add("host", True, f"{len(kept)} candidate(s) measured on {_asked(pred, req)}: {', '.join(places)}")
+    return kept
+
+
+def _is_asked(where: Where, req: Request) -> bool:
+    return (where.trusted and (not req.boards or where.board in req.boards)
+            and all(m in where.markers for m in req.host_markers))
+
+
+def _asked(pred: dict[str, Any], req: Request) -> str:
+    """'a board named nuc1 with marker 'intel'', 'a host with markers 'arm' and 'gpu''."""
+    text = "a board" if pred.get("boards") else "a host"
+    if req.boards:
+        text += " named " + " or ".join(req.boards)
+    if req.host_markers:
+        text += f" with marker{'s' * (len(req.host_markers) > 1)} " + " and ".join(repr(m) for m in req.host_markers)
+    return text
+
+
+def _check_board(out: Outcome, cand: dict[str, Any], pred: dict[str, Any]) -> None:
+    """A candidate measured on a board the lab refused, or on a board the certificate does not describe, is
+    refused whatever its verdict."""
+    if cand.get("board") is None:
+        return
+    boards = _boards(pred)
+    where = _where(pred, cand, boards)
+    if not where.known:
+        out.add("board", False, f"{cand['case']}: measured on board {where.board}, which is not among the "
+                f"certificate's boards ({', '.join(boards) or 'none'})")
+    elif where.refused:
+        out.add("board", False, f"{cand['case']}: measured on board {where.board}, which the lab refused: "
+                f"{where.refused}")
 
 
 def required_of(cand: dict[str, Any]) -> list[str]:

@@ -26,23 +26,22 @@ from certify.lab.board import Board
 from certify.lab.fleet import Lab, LabBoard, detect
 
 PYTHON_OPTION, CACHE_OPTION = "certify_python", "certify_cache"
-DEFAULT_COORDINATOR = "127.0.0.1:20408"  # labgrid's own default
 
 
 def labgrid_environment(config: Any) -> Any | None:
     """The labgrid ``Environment`` of this pytest session (``--lg-env`` or ``$LG_ENV``), None without one."""
     try:
-        from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY
+        from labgrid.pytestplugin.hooks import LABGRID_ENV_KEY  # type: ignore[import-untyped]
     except ImportError:
         return None
     return config.stash.get(LABGRID_ENV_KEY, None)
 
 
 def coordinator_address(env: Any) -> str:
-    """Where the coordinator is, as labgrid itself finds it (``--lg-coordinator`` is stored into the env's options)."""
-    import os
+    """Where the coordinator is, as labgrid finds it (its plugin stores ``--lg-coordinator`` into the env's options)."""
+    from certify.lab.places import coordinator_address as address
 
-    return str(env.config.get_option("coordinator_address", os.environ.get("LG_COORDINATOR", DEFAULT_COORDINATOR)))
+    return address(None, env.config.get_option("coordinator_address", None))
 
 
 def place_names(env: Any) -> dict[str, str]:

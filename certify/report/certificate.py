@@ -5,13 +5,21 @@ and whose predicate (``certify.attest.PREDICATE_TYPE``) holds everything a relea
     run                id, started, finished (UTC ISO 8601), complete
     harness            name and version of this tool
     plan, policy       name, source, digest; the policy's thresholds
-    host, packages     the host fingerprint and description; every installed distribution's version
+    host, packages     the host fingerprint and description (the controller: the machine that ran pytest); every
+                       installed distribution's version
+    boards[]           a lab run's boards as results.json ``boards`` holds them (name, place, tags, address,
+                       fingerprint, host detected on the board, packages, wait_s, refused, lost); [] for a local run
     models[]           per model: metric, baseline and dataset with their digests
-    candidates[]       per candidate: digest and files, framework, device asked for and devices that really ran,
-                       its policy, the gates it had to pass (required_gates), every gate's verdict/value/
-                       interval/threshold/reason and the host's conditions while it was measured, and its verdict
+    candidates[]       per candidate (case): digest and files, framework, device asked for and devices that really ran,
+                       the board that measured it (None: this host), its policy, the gates it had to pass
+                       (required_gates), every gate's verdict/value/interval/threshold/reason and the host's
+                       conditions while it was measured, and its verdict
     not_evaluated[]    case, gates and the reason they could not run here
     dev_key            true when signed with a throwaway development key (never trust it for a release)
+
+A case measured on a board of the lab has the id ``model/candidate@board`` (``certify.records.split_case_id``): the
+same model file certified on two boards is two candidates and two subjects (``m/int8@nuc1``, ``m/int8@pi``) with one
+digest.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from certify.digests import file_sha256, model_digest
 from certify.errors import CertifyError
 from certify.gates.registry import GATE_NAMES
 from certify.plan import ModelRef, Plan
-from certify.records import EvidenceRecord
+from certify.records import EvidenceRecord, split_case_id
 from certify.report.results import candidate_verdicts, not_evaluated_groups, precisions, run_status
 from certify.verdict import CERTIFIED, NOT_CERTIFIED, NOT_EVALUATED
 
@@ -57,7 +65,7 @@ def describe_models(plan: Plan, records: list[EvidenceRecord]) -> list[dict[str,
     """Every model file of the plan with its digest, as found at the end of the run. A candidate made by a recipe
     is described by what its build made, as the evidence records it (the artifact measured and how it was made),
     never by planning the build again."""
-    built = {r["case"]: r for r in records if r.get("candidate_path")}  # the newest record of a case wins
+    built = {split_case_id(r["case"])[0]: r for r in records if r.get("candidate_path")}  # the newest one wins
     out = []
     for model in plan.models:
         candidates = []
@@ -109,10 +117,11 @@ def _candidates(results: dict[str, Any], records: list[EvidenceRecord]) -> list[
         policies[r["case"]] = r.get("policy")
     out = []
     for case in sorted(verdicts):
-        ref = refs.get(case, {})
+        pair, board = split_case_id(case)
+        ref = refs.get(pair, {})
         entry = {"case": case, **{k: ref.get(k) for k in ("name", "path", "framework", "device", "platforms",
                                                           "sha256", "files", "made_by")},
-                 "model": case.split("/", 1)[0], "executed_devices": _executed(case, records),
+                 "model": pair.split("/", 1)[0], "board": board, "executed_devices": _executed(case, records),
                  "policy": policies.get(case) or results["plan"]["policy"], "gates": gates[case],
                  "precision": precisions(results["cases"]).get(case), "verdict": verdicts[case],
                  "required_gates": list(required.get(case, GATE_NAMES))}
@@ -137,6 +146,7 @@ def build_statement(results: dict[str, Any], records: list[EvidenceRecord], *, d
         "harness": {"name": DISTRIBUTION, "version": __version__},
         "plan": {k: results["plan"].get(k) for k in ("name", "source", "digest")},
         "policy": results["plan"]["policy"], "host": results["host"], "packages": results["packages"],
+        "boards": list(results.get("boards") or []),
         "models": [{k: m[k] for k in ("name", "metric", "baseline", "dataset")} for m in results.get("models", [])],
         "candidates": candidates, "not_evaluated": not_evaluated, "dev_key": dev_key,
     }

@@ -1,7 +1,9 @@
 """``certify merge CERT...``: one fleet matrix from certificates made on several machines.
 
 Rows are candidates (``model/candidate``, framework); columns are hosts x gates, a host being named by its platform
-markers, CPU model and short fingerprint (``amd · AMD EPYC 7B13 · 3f2a9c``). A cell is the gate's verdict and value
+markers, CPU model and short fingerprint (``amd · AMD EPYC 7B13 · 3f2a9c``). A lab's certificate brings one host per
+board, keyed by the board's fingerprint and name and named after it (``nuc1 · intel · Intel Core i5 · 9b1c2d``): its
+candidate ``m/int8@nuc1`` is the row ``m/int8`` in the column of nuc1. A cell is the gate's verdict and value
 (``certify.report.results.cell_text``), and each host also gets the candidate's verdict column.
 
 When several certificates hold the same candidate from the same host, the newest run (``run.finished``) wins; on
@@ -13,12 +15,14 @@ certificate must verify, without them the fleet is marked unverified.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from certify.errors import CertifyError
-from certify.report.sources import UNVERIFIED_NOTE, Source, load_sources
+from certify.records import split_case_id
+from certify.report.sources import UNVERIFIED_NOTE, Machine, Source, load_sources
 from certify.report.tables import cell_text, counted, gate_order, markdown_table, text_table
 from certify.verdict import label as verdict_label
 
@@ -45,7 +49,7 @@ class FleetCell:
 class FleetRow:
     case: str
     framework: str
-    cells: dict[str, FleetCell]  # by host fingerprint
+    cells: dict[str, FleetCell]  # by host key (``Machine.key``)
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class Superseded:
 
     case: str
     framework: str
-    host: str  # fingerprint
+    host: str  # key (``Machine.key``)
     used: int
     dropped: int
 
@@ -62,10 +66,11 @@ class Superseded:
 @dataclass
 class Fleet:
     sources: list[Source]
-    hosts: dict[str, str]  # fingerprint -> label, in column order
+    hosts: dict[str, str]  # host key (``Machine.key``) -> label, in column order
     gates: list[str]
     rows: list[FleetRow]
     superseded: list[Superseded]
+    machines: dict[str, Machine] = field(default_factory=dict)  # by key
 
     @property
     def signatures_checked(self) -> bool:
@@ -127,10 +132,11 @@ class Fleet:
                                 "used": str(self.sources[s.used].path), "dropped": str(self.sources[s.dropped].path)}
                                for s in self.superseded]}
 
-    def _host_dict(self, fingerprint: str) -> dict[str, Any]:
-        host = next(s.host for s in self.sources if s.host_fingerprint == fingerprint)
-        return {"label": self.hosts[fingerprint], "fingerprint": fingerprint,
-                **{k: host.get(k) for k in ("platforms", "cpu_model", "os", "machine", "accelerators")}}
+    def _host_dict(self, key: str) -> dict[str, Any]:
+        host = self.machines[key].host
+        return {"label": self.hosts[key], "fingerprint": host.get("fingerprint", key),
+                **{k: host.get(k) for k in ("platforms", "cpu_model", "os", "machine", "accelerators")},
+                **({"board": host["board"]} if host.get("board") else {})}
 
     def _row_dict(self, row: FleetRow) -> dict[str, Any]:
         hosts = {}
@@ -148,30 +154,33 @@ def merge(paths: list[Path], keys: list[Path]) -> Fleet:
     if not paths:
         raise CertifyError("no certificate to merge", hint="give the certificate.json of each machine's run")
     sources = load_sources(paths, keys)
-    found: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    found: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    machines: dict[str, Machine] = {}
     for index, source in enumerate(sources):
         for case, candidate in source.candidates.items():
-            found[(case, _framework(candidate), source.host_fingerprint)].append(index)
+            machine = source.machine_of(candidate)
+            machines.setdefault(machine.key, machine)
+            found[(split_case_id(case)[0], _framework(candidate), machine.key)].append((index, candidate))
     newest = {i: (s.finished_at(), i) for i, s in enumerate(sources)}
     cells: dict[tuple[str, str], dict[str, FleetCell]] = defaultdict(dict)
     superseded = []
-    for (case, framework, host), indexes in sorted(found.items()):
-        used = max(indexes, key=newest.__getitem__)
-        cells[(case, framework)][host] = FleetCell(used, sources[used].candidates[case])
-        superseded += [Superseded(case, framework, host, used, i) for i in indexes if i != used]
+    for (case, framework, host), measured in sorted(found.items(), key=lambda item: item[0]):
+        used, candidate = max(measured, key=lambda pair: newest[pair[0]])
+        cells[(case, framework)][host] = FleetCell(used, candidate)
+        superseded += [Superseded(case, framework, host, used, i) for i, _ in measured if i != used]
     rows = [FleetRow(case, framework, cells[(case, framework)]) for case, framework in sorted(cells)]
     gates = gate_order(g for row in rows for cell in row.cells.values() for g in cell.candidate.get("gates") or {})
-    return Fleet(sources, host_labels(sources), gates, rows, superseded)
+    return Fleet(sources, host_labels(machines.values()), gates, rows, superseded, machines)
 
 
-def host_labels(sources: list[Source]) -> dict[str, str]:
-    """fingerprint -> label for every host, ordered by label; a label shared by two fingerprints (a short
-    fingerprint collision) gets the full fingerprint appended."""
-    labels = {s.host_fingerprint: s.host_label for s in sources}
+def host_labels(machines: Iterable[Machine]) -> dict[str, str]:
+    """key -> label for every host, ordered by label; a label shared by two keys (a short fingerprint collision)
+    gets the full key appended."""
+    labels = {m.key: m.label for m in machines}
     taken = defaultdict(list)
-    for fp, label in labels.items():
-        taken[label].append(fp)
-    unique = {fp: label if len(taken[label]) == 1 else f"{label} ({fp})" for fp, label in labels.items()}
+    for key, label in labels.items():
+        taken[label].append(key)
+    unique = {key: label if len(taken[label]) == 1 else f"{label} ({key})" for key, label in labels.items()}
     return dict(sorted(unique.items(), key=lambda item: item[1]))
 
 

@@ -19,9 +19,10 @@ from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from certify.gates.registry import BUILTIN_REGISTRY
-from certify.records import EvidenceRecord
+from certify.records import EvidenceRecord, split_case_id
 from certify.report import charts
 from certify.report.charts import IntervalRow, MemoryFigures, ParetoPoint
+from certify.report.lab import lab_view
 from certify.report.results import not_evaluated_groups, precisions, run_status
 from certify.report.tables import gate_order, host_noise, value_text
 from certify.verdict import CERTIFIED, ERROR, FAIL, INCOMPLETE, NOT_EVALUATED, PASS, label
@@ -58,6 +59,7 @@ def build_view(results: dict[str, Any], records: list[EvidenceRecord],
     return {
         "title": f"Certification report \u2014 {(results.get('plan') or {}).get('name', 'unnamed plan')}",
         "banner": banner(results), "gates": gates, "matrix": matrix_rows(candidates, gates),
+        "lab": lab_view(results, candidates, gates),
         "overview": overview_charts(entries, thresholds), "candidates": candidates,
         "pareto": pareto_views(entries, latest, thresholds), "not_evaluated": not_evaluated_view(entries),
         "errors": [e for e in candidate_gate_rows(entries) if e["verdict"] == ERROR],
@@ -186,6 +188,7 @@ def candidate_view(index: int, case: str, entries: list[Entry], latest: Latest,
         "case": case, "anchor": f"candidate-{index + 1}", "model": first.get("model", ""),
         "candidate": first.get("candidate", case), "framework": first.get("framework", ""),
         "device": first.get("device", ""), "markers": ", ".join(first.get("markers") or []),
+        "board": split_case_id(case)[1],
         "status": status, "label": label(status), "precision": precisions(entries).get(case, ""),
         "gates": cells, "gate_rows": merge_same_reason(cells),
         "accuracy": accuracy_view(results_by_gate.get("accuracy"), thresholds),
@@ -320,7 +323,7 @@ def memory_view(case: str, result: dict[str, Any] | None, latest: Latest,
 
 
 def overview_charts(entries: list[Entry], thresholds: dict[str, Any]) -> dict[str, Markup]:
-    one_model = len({e.get("model") for e in entries}) == 1
+    one_model = len({(e.get("model"), split_case_id(e["case"])[1]) for e in entries}) == 1  # one model, one board
     label: dict[str, str] = {e["case"]: str(e.get("candidate", e["case"]) if one_model else e["case"])
                              for e in entries}
     speed = [r for e in entries if e["gate"] == "speed" and (r := _interval_row(label[e["case"]], e["result"]))]
@@ -346,10 +349,11 @@ def _pareto_point(case: str, rows: list[Entry], latest: Latest) -> ParetoPoint |
 
 def pareto_views(entries: list[Entry], latest: Latest,
                  thresholds: dict[str, Any]) -> list[dict[str, Any]]:
-    """One Pareto chart per model (candidates of one model share a baseline, so their ratios compare)."""
+    """One Pareto chart per model and board (candidates of one model share a baseline, so their ratios compare)."""
     models: dict[str, dict[str, list[Entry]]] = defaultdict(dict)
     for case, rows in sorted(by_case(entries).items()):
-        models[rows[0].get("model", "")][case] = rows
+        board = split_case_id(case)[1]
+        models[str(rows[0].get("model", "")) + (f" on {board}" if board else "")][case] = rows
     views = []
     for model, cases in models.items():
         points, skipped = [], []
@@ -387,10 +391,10 @@ def stages_view(entries: list[Entry], results: dict[str, Any],
         if not isinstance(recipe, dict) or case in seen:
             continue
         seen.add(case)
-        versions = (made.get(case) or {}).get("versions") or {}
-        size = (measured(latest, case, "memory").get("candidate") or {}).get(
-            "file_bytes")
-        summary = ((made.get(case) or {}).get("facts") or {}).get("summary")
+        made_by = made.get(split_case_id(case)[0]) or {}  # a case on a board: its candidate's build
+        versions = made_by.get("versions") or {}
+        size = (measured(latest, case, "memory").get("candidate") or {}).get("file_bytes")
+        summary = (made_by.get("facts") or {}).get("summary")
         rows.append({"case": case, "stage": str(recipe.get("stage", "")),
                      "made": f"{recipe.get('tool')} {recipe.get('method')} from {recipe.get('from')}"
                              + (f": {summary}" if summary else ""),
@@ -399,7 +403,7 @@ def stages_view(entries: list[Entry], results: dict[str, Any],
                      **{g: _gate_figure(results_by.get((case, g))) for g in STAGE_GATES},
                      "size": _size_text(size)})
     order = {case: i for i, case in enumerate(made)}  # plan order: a recipe's source comes before it
-    return sorted(rows, key=lambda row: order.get(row["case"], len(order)))
+    return sorted(rows, key=lambda row: order.get(split_case_id(row["case"])[0], len(order)))
 
 
 def _size_text(size: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from certify.report.lab import board_line, boards_of
 from certify.report.tables import cell_text, gate_order, markdown_cell, markdown_table
 from certify.verdict import label
 
@@ -15,6 +16,12 @@ def _matrix(candidates: list[dict[str, Any]]) -> list[str]:
               *(cell_text(c["gates"][g]) if g in c["gates"] else "-" for g in gates),
               f"**{label(c['verdict'])}**"] for c in candidates]
     return markdown_table(rows)
+
+
+def _board_lines(pred: dict[str, Any]) -> list[str]:
+    """One line per board of a lab run, and a blank line after them ([] for a local run)."""
+    lines = [f"- {markdown_cell(board_line(board))}" for board in boards_of(pred)]
+    return [*lines, ""] if lines else []
 
 
 def _signature_lines(signature: dict[str, Any]) -> list[str]:
@@ -32,7 +39,8 @@ def summary(statement: dict[str, Any], signature: dict[str, Any]) -> str:
     lines = [f"## Certification: {label(pred['verdict'])}", "",
              f"Plan `{pred['plan']['name']}`, policy `{policy['name']}` (`{policy['digest'][:19]}`), run "
              f"`{pred['run']['id']}`, {pred['run']['started']} to {pred['run']['finished']}, "
-             f"host `{pred['host'].get('fingerprint', '?')}`.", "", *_matrix(pred["candidates"]), ""]
+             f"host `{pred['host'].get('fingerprint', '?')}`.", "", *_board_lines(pred),
+             *_matrix(pred["candidates"]), ""]
     for item in pred["not_evaluated"]:
         gates = ", ".join(item["gates"])
         lines.append(f"- NOT EVALUATED {markdown_cell(item['case'])} ({gates}): {markdown_cell(item['reason'])}")

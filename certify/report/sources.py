@@ -1,4 +1,5 @@
-"""Certificates read for reports that span several runs (``compare``, ``merge``).
+"""Certificates read for reports that span several runs (``compare``, ``merge``), and the machine that measured
+each candidate of one (``Source.machine_of``: the certificate's host, or the board of a lab that measured it).
 
 With trusted keys every certificate must be a DSSE envelope whose signature verifies with one of them, or the
 whole report is refused with a ``CertifyError`` naming the file and the reason. Without keys the certificates are
@@ -16,9 +17,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from certify.attest import VerificationError, load_public_key, open_envelope, read_json, read_unverified
 from certify.errors import CertifyError
 from certify.report.certificate import parse_iso
+from certify.report.lab import boards_of
 
 UNVERIFIED_NOTE = "UNVERIFIED: signatures were not checked (no trusted key given); do not base a release on this"
 SHORT_FINGERPRINT = 6
+
+
+def machine_label(host: dict[str, Any], fingerprint: str) -> str:
+    """'amd · AMD EPYC 7B13 · 3f2a9c': a host's platform markers, CPU model and short fingerprint."""
+    platforms = "+".join(str(p) for p in host.get("platforms") or []) or "no platform"
+    cpu = str(host.get("cpu_model") or "unknown cpu")
+    return f"{platforms} · {cpu} · {fingerprint.removeprefix('sha256:')[:SHORT_FINGERPRINT]}"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What measured a certificate's candidate: the certificate's host, or a board of its lab."""
+
+    key: str  # the host's fingerprint; a board's fingerprint '@' its name
+    label: str
+    host: dict[str, Any]  # as detected (a board's also names it: ``board``)
 
 
 @dataclass(frozen=True)
@@ -64,15 +82,24 @@ class Source:
     @property
     def host_label(self) -> str:
         """'amd · AMD EPYC 7B13 · 3f2a9c': the host's platform markers, CPU model and short fingerprint."""
-        platforms = "+".join(str(p) for p in self.host.get("platforms") or []) or "no platform"
-        cpu = str(self.host.get("cpu_model") or "unknown cpu")
-        short = self.host_fingerprint.removeprefix("sha256:")[:SHORT_FINGERPRINT]
-        return f"{platforms} · {cpu} · {short}"
+        return machine_label(self.host, self.host_fingerprint)
 
     @property
     def candidates(self) -> dict[str, dict[str, Any]]:
-        """Candidate entries by case ('model/candidate')."""
+        """Candidate entries by case ('model/candidate', 'model/candidate@board' for one measured on a board)."""
         return {str(c["case"]): c for c in self.predicate.get("candidates", []) if isinstance(c, dict)}
+
+    def machine_of(self, candidate: dict[str, Any]) -> Machine:
+        """What measured a candidate: its board of the lab (key: the board's fingerprint and name), else the host."""
+        name = candidate.get("board")
+        board = next((b for b in boards_of(self.predicate) if name is not None and b.get("name") == name), None)
+        if board is None:
+            return Machine(self.host_fingerprint, self.host_label, self.host)
+        found = board.get("host")
+        host: dict[str, Any] = {**(found if isinstance(found, dict) else {}), "board": str(name)}
+        fingerprint = str(board.get("fingerprint") or host.get("fingerprint") or "unknown")
+        label = f"{name} · {machine_label(host, fingerprint)}" + (" (refused)" if board.get("refused") else "")
+        return Machine(f"{fingerprint}@{name}", label, {**host, "fingerprint": fingerprint})
 
     def describe(self) -> str:
         key = (self.keyid or "")[:16]

@@ -8,7 +8,7 @@ from typing import Any
 
 from certify.digests import model_digest
 from certify.policy import POLICIES
-from certify.verdict import PASS
+from certify.verdict import ERROR, PASS
 
 # every built-in gate (edge-default requires all eight); the last four decide on several figures, not one value
 UNITS = {"accuracy": ("%", ">=", 0.95), "speed": ("x", ">=", 2.0), "stability": ("x", "<=", 3.0),
@@ -67,3 +67,37 @@ def results_doc(folder: Path, gates: dict[str, dict[str, dict[str, Any]]], *, co
 
 def all_pass(*names: str) -> dict[str, dict[str, dict[str, Any]]]:
     return {name: {gate: gate_result(gate) for gate in UNITS} for name in names}
+
+
+def board(name: str, platform: str, number: int = 2, *, refused: str = "", lost: str = "") -> dict[str, Any]:
+    """A board of the lab as results.json ``boards`` holds it; its host is detected as ``platform`` with a CPU."""
+    fingerprint = f"sha256:{name}-fingerprint"
+    cpu = {"intel": ("GenuineIntel", "Intel Core i5-1135G7", "x86_64"),
+           "arm": ("ARM", "Cortex-A76", "aarch64")}.get(platform, ("AuthenticAMD", "AMD Ryzen 7", "x86_64"))
+    detected = {"cpu_vendor": cpu[0], "cpu_model": cpu[1], "machine": cpu[2], "platforms": [platform],
+                "devices": ["cpu"], "accelerators": [], "os": "Linux 6.6", "cores_logical": 4,
+                "fingerprint": fingerprint}
+    return {"name": name, "place": name, "tags": {"platform": platform}, "address": f"root@10.213.5.{number}:2222",
+            "fingerprint": fingerprint, "host": detected, "packages": {"onnxruntime": "1.23.2", "numpy": "2.1.0"},
+            "wait_s": 0.42, "refused": refused, "lost": lost}
+
+
+def board_lost(gate: str, name: str) -> dict[str, Any]:
+    """A gate of a case whose board was lost mid-run: ERROR, as the harness records it."""
+    return {**gate_result(gate, ERROR, reason=f"board {name} was lost: ssh connection closed"),
+            "value": None, "interval": None, "details": {"board_lost": name}}
+
+
+def lab_results_doc(folder: Path, gates: dict[str, dict[str, dict[str, dict[str, Any]]]],
+                    boards: list[dict[str, Any]], **run: Any) -> dict[str, Any]:
+    """``gates``: board name -> candidate name -> gate -> result; each case is 'm/<candidate>@<board>'. The same
+    candidate name on two boards is one model file measured twice."""
+    names = sorted({name for by_name in gates.values() for name in by_name})
+    doc = results_doc(folder, {name: {} for name in names}, **run)
+    doc["cases"] = [{"case": f"m/{name}@{where}", "board": where, "model": "m", "candidate": name, "gate": gate,
+                     "framework": "onnxruntime", "device": "cpu", "platforms": [], "markers": ["cpu", "onnxruntime"],
+                     "nodeid": f"x[m/{name}@{where}]", "result": result}
+                    for where, by_name in gates.items() for name, by_gate in by_name.items()
+                    for gate, result in by_gate.items()]
+    doc["boards"] = boards
+    return doc

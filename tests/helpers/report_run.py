@@ -192,13 +192,40 @@ def write_run(run_dir: Path, *, only: tuple[str, ...] | None = None, complete: b
     stale = next((r for r in records if r["gate"] == "speed" and r["measurement"]), None)
     if stale is not None:
         records.insert(0, {**stale, "measurement": {"speedup": 0.5, "baseline_ns": [1], "candidate_ns": [2]}})
+    return _write(run_dir, entries, records, complete)
+
+
+def _write(run_dir: Path, entries: list[dict[str, Any]], records: list[dict[str, Any]], complete: bool = True,
+           boards: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     results = build_results(run_id="20261121T071120Z-f59870", plan=PLAN, host=HOST, packages=PACKAGES,
                             entries=entries, started=STARTED, finished=FINISHED, complete=complete,
                             models=models(sorted({e["candidate"] for e in entries})),
                             required={e["case"]: REQUIRED for e in entries})
+    if boards is not None:
+        results["boards"] = boards
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
     (run_dir / "evidence.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records),
                                            encoding="utf-8")
     lines = (run_dir / "evidence.jsonl").read_text(encoding="utf-8").splitlines()
     return json.loads((run_dir / "results.json").read_text(encoding="utf-8")), [json.loads(x) for x in lines]
+
+
+def write_lab_run(run_dir: Path, boards: list[dict[str, Any]],
+                  measured: dict[str, tuple[str, ...]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A lab run: ``measured`` is board name -> the candidates measured on it ('<model>/<candidate>@<board>'), each
+    with its outcomes of the local run, except on a board whose ``lost`` is set: there every gate is an ERROR."""
+    entries, records = [], []
+    lost = {str(b["name"]) for b in boards if b.get("lost")}
+    for where, candidates in measured.items():
+        for candidate in candidates:
+            for outcome in gate_outcomes()[candidate]:
+                if where in lost:
+                    outcome = {"measurement": {}, "result": result(
+                        outcome["result"]["gate"], "error", f"board {where} was lost: ssh connection closed",
+                        details={"board_lost": where})}
+                entry = {**case_entry(candidate, outcome), "case": f"{MODEL}/{candidate}@{where}", "board": where}
+                entries.append(entry)
+                records.append({**evidence_record(entry, outcome["measurement"], STARTED + len(records)),
+                                "board": where, "board_facts": next(b for b in boards if b["name"] == where)})
+    return _write(run_dir, entries, records, True, boards)

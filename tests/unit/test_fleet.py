@@ -14,7 +14,7 @@ from certify import attest
 from certify.errors import CertifyError
 from certify.report.fleet import Fleet, merge
 from certify.verdict import FAIL
-from tests.helpers.certificates import all_pass, gate_result, results_doc
+from tests.helpers.certificates import all_pass, board, board_lost, gate_result, lab_results_doc, results_doc
 from tests.helpers.signed import EPOCH, host, short_fingerprint, tamper, write_certificate
 
 LABEL_A = f"amd · AMD EPYC 7B13 · {short_fingerprint('box-a')}"
@@ -150,3 +150,28 @@ def test_unverified_mode_marks_the_fleet(tmp_path: Path, three: tuple[Path, Path
 def test_merging_nothing_is_an_error() -> None:
     with pytest.raises(CertifyError, match="no certificate to merge"):
         merge([], [])
+
+
+def test_a_lab_certificate_brings_one_host_per_board(tmp_path: Path, signer: attest.Signer, pub: Path) -> None:
+    """A lab's candidates 'm/int8@nuc1' and 'm/int8@pi' are the row m/int8 in the columns of nuc1 and pi, beside
+    a local certificate's host; a board is keyed by its fingerprint and name, so two boards never share a column."""
+    pi = board("pi", "arm", 3, lost="ssh connection closed")
+    lost = {"int8": {gate: board_lost(gate, "pi") for gate in all_pass("int8")["int8"]}}
+    results = lab_results_doc(tmp_path, {"nuc1": all_pass("int8"), "pi": lost}, [board("nuc1", "intel"), pi],
+                              finished=EPOCH)
+    lab = write_certificate(tmp_path / "lab.json", results, signer)
+    local = certificate(tmp_path, "a", all_pass("int8"), signer, box=host("box-a"), finished=EPOCH)
+    fleet = merge([lab, local], [pub])
+    nuc1, on_pi = "nuc1 · intel · Intel Core i5-1135G7 · nuc1-f", "pi · arm · Cortex-A76 · pi-fin"
+    assert list(fleet.hosts.values()) == [LABEL_A, nuc1, on_pi]
+    assert list(fleet.hosts) == [host("box-a")["fingerprint"], "sha256:nuc1-fingerprint@nuc1",
+                                 "sha256:pi-fingerprint@pi"]
+    assert [r.case for r in fleet.rows] == ["m/int8"]
+    assert cell(fleet, "m/int8", nuc1)["verdict"] == "certified" and cell(fleet, "m/int8", LABEL_A)["run_id"] == "a"
+    assert cell(fleet, "m/int8", on_pi)["verdict"] == "not_certified"
+    assert cell(fleet, "m/int8", on_pi)["cells"]["speed"] == "ERROR"
+    hosts = fleet.to_dict()["hosts"]
+    assert [(h.get("board"), h["fingerprint"]) for h in hosts] == [(None, host("box-a")["fingerprint"]),
+                                                                   ("nuc1", "sha256:nuc1-fingerprint"),
+                                                                   ("pi", "sha256:pi-fingerprint")]
+    assert fleet.title() == "Fleet matrix: 1 candidate on 3 hosts from 2 certificates"
