@@ -61,25 +61,26 @@ class CertificationRun:
         GateResult with its reason."""
         if case.board and self.lab is not None:
             return self._evaluate_on_board(case, nodeid, evaluate)
-        exclusive = self.gates.exclusive(case.gate)
-        with self.store.measurement_lock(exclusive=exclusive) as lock_wait:
-            result, case, measurement, window = self._evaluated(case, evaluate)
+        exclusive, lock_wait = self.gates.exclusive(case.gate), 0.0
+        ready, measurement = self.prepared(case), cast(dict[str, Any], {})
+        if isinstance(ready, GateResult):
+            result, window = ready, (time.time(), time.time())
+        else:
+            with self.store.measurement_lock(exclusive=exclusive) as lock_wait:
+                result, measurement, window = self._measured(case := ready, evaluate)
         return result, self.record(case, result, nodeid, measurement, *window, exclusive, lock_wait)
 
-    def _evaluated(self, case: Case, evaluate: Evaluate | None
-                   ) -> tuple[GateResult, Case, dict[str, Any], tuple[float, float]]:
-        """The case prepared and measured where the caller holds the lock: its verdict, the case as measured (built
-        from its recipe), the measurement and its window (the time the lock was held)."""
+    def _measured(self, case: Case, evaluate: Evaluate | None
+                  ) -> tuple[GateResult, dict[str, Any], tuple[float, float]]:
+        """A prepared case measured where the caller holds the lock: its verdict, the measurement and its window
+        (the time the lock was held)."""
         started = time.time()
-        ready = self.prepared(case)
-        if isinstance(ready, GateResult):
-            return ready, case, {}, (started, started)
-        ctx = self.context(ready)
-        result = self._measure(ctx, evaluate or self.gates[ready.gate].evaluator())
+        ctx = self.context(case)
+        result = self._measure(ctx, evaluate or self.gates[case.gate].evaluator())
         precision = precision_in_force(ctx.measurement)
         if precision:
             result = replace(result, details={**result.details, "precision": precision})
-        return result, ready, ctx.measurement, (started, time.time())
+        return result, ctx.measurement, (started, time.time())
 
     def _evaluate_on_board(self, case: Case, nodeid: str,
                            evaluate: Evaluate | None) -> tuple[GateResult, EvidenceRecord]:
@@ -90,16 +91,21 @@ class CertificationRun:
         window = (time.time(), time.time())
         if board.lost:
             result = board_lost(case, f"it was lost earlier in this run: {board.lost}")
-        else:
-            try:
+            return result, self.record(case, result, nodeid, measurement, *window, True, lock_wait)
+        try:
+            with self.lab.workers_on(case.board, self.plan.measure.timeout_s):
+                ready = self.prepared(case)
+            if isinstance(ready, GateResult):
+                result = ready
+            else:
                 with self.lab.measuring_on(case.board, self.plan.measure.timeout_s) as lock_wait:
-                    result, case, measurement, window = self._evaluated(case, evaluate)
-            except BoardError as exc:
-                result = verdict.errored(case.gate, exc.message, hint=exc.hint)
-            if result.verdict in (verdict.FAIL, verdict.ERROR) and (gone := self.lab.answers(case.board)):
-                self.lab.mark_lost(case.board, gone)
-                result = board_lost(case, f"it stopped answering during this case ({gone}); the case's own "
-                                    f"verdict was: {result.reason}")
+                    result, measurement, window = self._measured(case := ready, evaluate)
+        except BoardError as exc:
+            result = verdict.errored(case.gate, exc.message, hint=exc.hint)
+        if result.verdict in (verdict.FAIL, verdict.ERROR) and (gone := self.lab.answers(case.board)):
+            self.lab.mark_lost(case.board, gone)
+            result = board_lost(case, f"it stopped answering during this case ({gone}); the case's own verdict "
+                                f"was: {result.reason}")
         return result, self.record(case, result, nodeid, measurement, *window, True, lock_wait)
 
     def prepared(self, case: Case) -> Case | GateResult:

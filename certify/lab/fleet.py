@@ -131,15 +131,21 @@ class Lab:
         return self._can_run[key]
 
     @contextlib.contextmanager
-    def measuring_on(self, name: str, timeout_s: float) -> Iterator[float]:
-        """One case on board ``name``: its host-wide lock held (yields the wait for it), every worker the case
-        opens started there with ``timeout_s`` as its calls' default deadline."""
+    def workers_on(self, name: str, timeout_s: float) -> Iterator[None]:
+        """Within the block, every worker opened (``certify.measure.client.open_worker``) starts on board ``name``."""
         board = self.boards[name].board
 
         def spawn(role: str, ref: ModelRef, deadline_s: float) -> WorkerClient:
-            return RemoteWorkerClient(role, ref, deadline_s, board)
+            return RemoteWorkerClient(role, ref, deadline_s or timeout_s, board)
 
-        with board_lock(board) as waited, workers_from(spawn):
+        with workers_from(spawn):
+            yield
+
+    @contextlib.contextmanager
+    def measuring_on(self, name: str, timeout_s: float) -> Iterator[float]:
+        """One case measured on board ``name``: the board's host-wide lock held (yields the wait for it), every
+        worker the case opens started there."""
+        with board_lock(self.boards[name].board) as waited, self.workers_on(name, timeout_s):
             yield waited
 
     def answers(self, name: str) -> str:
