@@ -45,14 +45,15 @@ def coordinator_address(env: Any) -> str:
 
 
 def place_names(env: Any) -> dict[str, str]:
-    """Target name -> the coordinator place it stands for (targets with a ``RemotePlace`` resource)."""
+    """Target name -> the coordinator place it stands for (targets with a ``RemotePlace`` resource; labgrid takes a
+    target's resources as a mapping or as a list of one-entry mappings)."""
     places = {}
     for name, target in env.config.get_targets().items():
-        for resource in (target or {}).get("resources") or []:
-            entries = resource.items() if isinstance(resource, dict) else []
-            for cls, args in entries:
-                if cls == "RemotePlace":
-                    places[name] = str((args or {}).get("name", name))
+        resources = (target or {}).get("resources") or {}
+        for entry in resources if isinstance(resources, list) else [resources]:
+            args = entry.get("RemotePlace") if isinstance(entry, dict) and "RemotePlace" in entry else None
+            if args is not None or (isinstance(entry, dict) and "RemotePlace" in entry):
+                places[name] = str((args or {}).get("name", name))
     return places
 
 
