@@ -162,3 +162,20 @@ def test_resume_measures_the_lost_boards_cases_once_it_is_back(lab: Lab, fleet_r
     records = [json.loads(line) for line in (fleet_run.run_dir / "evidence.jsonl").read_text().splitlines()]
     nuc_accuracy = [r for r in records if r["board"] == "nuc" and r["gate"] == "accuracy"]
     assert len(nuc_accuracy) == 1  # the intact board's evidence was kept, not measured again
+
+
+def test_a_board_whose_tags_contradict_its_hardware_is_refused_with_both_shown(lab: Lab, fleet_run: Outcome) -> None:
+    wrong = "arm" if PLATFORM != "arm" else "intel"
+    lab.labgrid.client("-p", "pi", "set-tags", f"platform={wrong}")
+    try:
+        outcome = run_certification(lab.folder, lab.folder / "certify.toml", "-k", "security", "--lg-env",
+                                    str(lab.env), "--certify-run-id", "tags")
+    finally:
+        lab.labgrid.client("-p", "pi", "set-tags", f"platform={PLATFORM}")
+    out, results = outcome.stdout + outcome.stderr, json.loads((lab.folder / "tags" / "results.json").read_text())
+    boards = {b["name"]: b for b in results["boards"]}
+    refused = boards["pi"]["refused"]
+    assert f"tag platform={wrong} but detected platforms: {PLATFORM}" in refused, out[-3000:]
+    assert "REFUSED" in out and not boards["nuc"]["refused"]
+    assert {e["board"] for e in results["cases"]} == {"nuc"}  # pi measured nothing
+    assert results["candidates"] == {"tiny/int8@nuc": "partial"}
