@@ -7,7 +7,8 @@ tags (``platform=arm`` on an x86 machine, ``device=npu`` where none is found) is
 nothing, and the cases that only it could have served say so.
 
 ``Lab.route(candidate)`` is where a candidate's cases run: every board whose detected platforms serve the
-candidate's ``platforms`` (any board when it names none). ``Lab.measuring_on(name)`` is one case measured on a
+candidate's ``platforms`` (any board when it names none), narrowed to those with its device (GPU, NPU) when any
+has one. ``Lab.measuring_on(name)`` is one case measured on a
 board: the board's own host-wide lock is held (a flock on the board, taken over SSH, so two sessions or two
 pytest-xdist workers never measure on one board at once; the wait is returned), and every worker the case starts
 (``certify.measure.client.open_worker``) runs on the board.
@@ -112,10 +113,15 @@ class Lab:
         return [b for b in self.boards.values() if not b.refused and b.host is not None]
 
     def route(self, candidate: ModelRef) -> tuple[list[LabBoard], str]:
-        """The boards ``candidate``'s cases run on, and, when there is none, why (each board with what it is)."""
-        wanted = set(candidate.platforms)
+        """The boards ``candidate``'s cases run on, and, when there is none, why (each board with what it is): the
+        boards whose detected platforms serve the candidate's ``platforms`` (every board when it names none), and of
+        those, the ones that have its device (``device = "npu"`` -> boards with an NPU) when any has it."""
+        wanted, device = set(candidate.platforms), candidate.device_class
         chosen = [b for b in self.usable() if b.host is not None and (not wanted or wanted & set(b.host.platforms))]
-        if chosen:
+        with_device = [b for b in chosen if b.host is not None and device in b.host.devices]
+        if with_device:  # a GPU/NPU candidate goes to the boards that have one
+            return with_device, ""
+        if chosen:  # none has it: each platform's boards judge it (NOT EVALUATED there, or its fallback certified)
             return chosen, ""
         seen = "; ".join(f"{b.describe()}" + (f" REFUSED: {b.refused}" if b.refused else "")
                          for b in self.boards.values()) or "none"

@@ -45,6 +45,8 @@ def test_a_candidate_goes_to_the_boards_of_its_platform_and_a_portable_one_to_al
     assert [b.name for b in lab.route(ref(platforms=("intel",)))[0]] == ["nuc"]
     assert [b.name for b in lab.route(ref(platforms=("nvidia",)))[0]] == ["orin"]
     assert [b.name for b in lab.route(ref())[0]] == ["nuc", "orin"]  # a refused board measures nothing
+    assert [b.name for b in lab.route(ref(device="gpu"))[0]] == ["orin"]  # the board with a GPU
+    assert [b.name for b in lab.route(ref(platforms=("intel",), device="npu"))[0]] == ["nuc"]  # none has one
     none, why = lab.route(ref(platforms=("qualcomm",)))
     assert none == [] and "no board of the lab serves platform qualcomm" in why
     assert "nuc (" in why and "bad (" in why and "REFUSED: tags contradict" in why
