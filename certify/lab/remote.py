@@ -37,7 +37,8 @@ from typing import Any
 
 from certify import errors
 from certify.lab.board import SSH_LOST, Board
-from certify.lab.ship import Shipped, board_ref, harness_tree, ship, ship_model
+from certify.lab.ship import Shipped, board_ref, harness_tree, ship, ship_arrays, ship_model
+from certify.measure.arrays import BoardArray
 from certify.measure.client import WorkerClient
 from certify.measure.worker import MEMORY_LIMIT_ENV
 from certify.plan.types import ModelRef
@@ -63,6 +64,7 @@ class RemoteWorkerClient(WorkerClient):
         self.board = board
         self.harness = ship(board, harness_tree())
         self.shipped: dict[str, Shipped] = {}  # model file -> its copy on the board
+        self.arrays: dict[str, BoardArray] = {}  # array digest -> its copy on the board
         super().__init__(role, ref, timeout_s)
         self.label = f"{role} {ref.name!r} on {board.where}"
 
@@ -78,9 +80,12 @@ class RemoteWorkerClient(WorkerClient):
         return board_ref(ref, self.shipped[key])
 
     def call(self, command: str, timeout_s: float | None = None, **args: Any) -> Any:
-        """As ``WorkerClient.call``; each ``ModelRef`` argument is shipped and sent with its path on the board."""
+        """As ``WorkerClient.call``; each ``ModelRef`` argument is shipped and sent with its path on the board, and
+        each large array of an ``arrays`` argument (a dataset) is sent ahead to the board's cache by digest."""
         try:
             args = {k: self.on_board(v) if isinstance(v, ModelRef) else v for k, v in args.items()}
+            if isinstance(args.get("arrays"), dict):
+                args["arrays"] = ship_arrays(self.board, args["arrays"], self.arrays)
         except errors.CertifyError as exc:
             exc.role = self.role
             raise

@@ -1,6 +1,7 @@
 """Copies to a board, once, by digest: the harness's own code and the models it measures.
 
-A board keeps a cache (``Board.cache_dir``): ``harness/<sha256>/certify/...`` and ``models/<sha256>/...``, each
+A board keeps a cache (``Board.cache_dir``): ``harness/<sha256>/certify/...``, ``models/<sha256>/...`` and
+``data/<sha256>/<sha256>.npy`` (a dataset's arrays as requests carry them, ``ship_arrays``), each
 folder named by the digest of what it holds (``certify.digests``: a file's sha256, or the manifest digest of a
 model made of several files). A tree is sent with rsync over the board's SSH settings into ``<digest>.incoming``,
 hashed **on the board** by the board's Python, and renamed into place only when every file matches; a tree already
@@ -13,15 +14,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 import certify
 from certify.digests import Digest, file_sha256, model_digest, model_files
 from certify.lab.board import Board, BoardError, tail
+from certify.measure.arrays import BoardArray
 from certify.plan.types import ModelRef
 
 # Run on the board by its Python (``-c``), the request as JSON on stdin: hash each file of ``dir`` and compare;
@@ -153,3 +158,48 @@ def board_ref(ref: ModelRef, shipped: Shipped) -> ModelRef:
     """The same ``ModelRef`` with its path on the board: the folder, or the model file in the shipped folder."""
     on_board = shipped.root if ref.file.is_dir() else f"{shipped.root}/{ref.file.name}"
     return dataclasses.replace(ref, path=Path(on_board))
+
+
+SHIP_ARRAY_BYTES = 256 * 1024  # a request's array from this size on is sent ahead once, as a file, by digest
+
+
+@functools.lru_cache(maxsize=1)
+def _spool() -> Path:
+    """This process's folder for arrays written out to be shipped (removed when the process ends)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="certify-arrays-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def array_tree(array: np.ndarray) -> Tree:
+    """``array`` as an ``.npy`` file named by its digest (written once per process), ready to ship."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    data = buffer.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    path = _spool() / f"{sha}.npy"
+    if not path.exists():
+        path.write_bytes(data)
+    return Tree("data", Digest(sha, ((path.name, sha),)), path.parent, ((path, path.name),))
+
+
+def ship_arrays(board: Board, arrays: dict[str, np.ndarray], shipped: dict[str, BoardArray]
+                ) -> dict[str, np.ndarray | BoardArray]:
+    """``arrays`` with each one of ``SHIP_ARRAY_BYTES`` or more replaced by its copy in the board's cache (sent
+    once, verified there by digest; ``shipped`` remembers this worker's copies), so a dataset crosses the network
+    once per board, not in every request of every worker."""
+    out: dict[str, np.ndarray | BoardArray] = {}
+    for name, array in arrays.items():
+        if not isinstance(array, np.ndarray) or array.nbytes < SHIP_ARRAY_BYTES or array.dtype.hasobject:
+            out[name] = array
+            continue
+        tree = array_tree(array)
+        if tree.digest.sha256 not in shipped:
+            root = ship(board, tree).root
+            shipped[tree.digest.sha256] = BoardArray(f"{root}/{tree.files[0][1]}", tree.digest.sha256)
+        out[name] = shipped[tree.digest.sha256]
+    return out

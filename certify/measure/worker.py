@@ -19,9 +19,19 @@ import numpy as np
 
 from certify.errors import CertifyError, ModelError, first_line
 from certify.measure import batching, logprobs, memory
+from certify.measure.arrays import BoardArray
 from certify.plan.types import Layout
 
 HEADER = struct.Struct("<Q")
+
+
+def _resolved(value: Any) -> Any:
+    """A request argument with every ``BoardArray`` (alone, or a value of a dict of arrays) read from its file."""
+    if isinstance(value, BoardArray):
+        return value.load()
+    if isinstance(value, dict) and any(isinstance(v, BoardArray) for v in value.values()):
+        return {k: v.load() if isinstance(v, BoardArray) else v for k, v in value.items()}
+    return value
 
 
 def write_message(stream: IO[bytes], message: Any) -> None:
@@ -305,7 +315,7 @@ def limit_memory() -> int:
 def _answer(worker: Worker, request: tuple[str, dict[str, Any]]) -> tuple[Any, ...]:
     name, args = request
     try:
-        return ("ok", command(worker, name)(**args))
+        return ("ok", command(worker, name)(**{k: _resolved(v) for k, v in args.items()}))
     except CertifyError as exc:
         return ("error", type(exc).__name__, exc.message, exc.hint)
     except MemoryError:

@@ -134,6 +134,33 @@ def test_a_model_with_external_data_ships_every_file(board: Board, tmp_path: Pat
 
 
 @needs_board
+def test_a_dataset_crosses_to_the_board_once_by_digest_and_answers_as_sent_inline(board: Board, model: Path) -> None:
+    data = np.random.default_rng(3).standard_normal((5000, 16)).astype(np.float32)  # 320 KB: shipped ahead
+    answers, copies = [], []
+    for _ in range(2):
+        with RemoteWorkerClient("candidate", ref(model), 60, board) as remote:
+            remote.call("load", ref=ref(model))
+            remote.call("feeds", key="d", arrays={"": data}, whole=True)
+            answers.append(remote.call("predict", key="d", batch_size=500)["scored"])
+            copies.append(next(iter(remote.arrays.values())))
+    assert copies[0] == copies[1] and copies[0].path.startswith(f"{board.cache_dir}/data/{copies[0].sha256}/")
+    assert len(list(Path(board.cache_dir, "data").iterdir())) == 1  # one copy on the board for both workers
+    with WorkerClient("candidate", ref(model), 60) as local:
+        local.call("load", ref=ref(model))
+        local.call("feeds", key="d", arrays={"": data}, whole=True)
+        expected = local.call("predict", key="d", batch_size=500)["scored"]
+    np.testing.assert_array_equal(answers[0], expected)
+    np.testing.assert_array_equal(answers[1], expected)
+    Path(copies[0].path).write_bytes(b"altered")  # the board's copy changed: refused, then sent again
+    with RemoteWorkerClient("candidate", ref(model), 60, board) as remote:
+        remote.call("load", ref=ref(model))
+        with pytest.raises(BoardError, match="altered copy of data"):
+            remote.call("feeds", key="d", arrays={"": data}, whole=True)
+        remote.call("feeds", key="d", arrays={"": data}, whole=True)
+        np.testing.assert_array_equal(remote.call("predict", key="d", batch_size=500)["scored"], expected)
+
+
+@needs_board
 def test_an_altered_copy_on_the_board_is_refused_then_sent_again(board: Board, model: Path) -> None:
     shipped = ship_model(board, ref(model))
     cached = Path(shipped.root) / "m.onnx"
