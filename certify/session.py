@@ -111,7 +111,7 @@ class SessionState:
         session, before anything touches a target; released at the session's end (``holds``)."""
         from certify.lab import env as lab_env
 
-        environment = lab_env.labgrid_environment(self.config)
+        environment = lab_env.labgrid_environment(self.config) if self.plan_path is not None else None
         places = lab_env.place_names(environment) if environment is not None else {}
         if not places:
             return
@@ -126,12 +126,13 @@ class SessionState:
 
     def lab(self) -> Lab | None:
         """The boards of the labgrid environment (``pytest --lg-env lab.yaml``), detected on each board once per
-        process; None when the session has no labgrid environment (everything is measured here)."""
+        process; None when the session has no labgrid environment, or no plan file of its own (a session of the
+        project's other labgrid tests, or the embedded demo): everything is then measured here."""
         if not self._lab_opened:
             self._lab_opened = True
             from certify.lab import env as lab_env
 
-            environment = lab_env.labgrid_environment(self.config)
+            environment = lab_env.labgrid_environment(self.config) if self.plan_path is not None else None
             if environment is not None and environment.config.get_targets():
                 self._lab = lab_env.open_lab(environment, self.lab_waits)
         return self._lab
