@@ -333,9 +333,11 @@ def certify_dataset(certify_context: GateContext) -> tuple[dict[str, Any], Any]:
 def certify_model(request: pytest.FixtureRequest, certify_context: GateContext) -> Iterator[Any]:
     """The candidate loaded in a fresh measurement worker (``certify.measure.client.WorkerClient``): ``call("feeds",
     key=..., arrays=...)``, ``call("run", key=..., iterations=...)`` (nanoseconds per call), ``call("predict",
-    key=..., batch_size=...)``. Held under the host-wide measurement lock when the gate is exclusive."""
-    exclusive = request.config.stash[STATE].gates.exclusive(certify_context.gate)
-    with certify_context.store.measurement_lock(exclusive=exclusive), certify_context.worker() as worker:
+    key=..., batch_size=...)``. Held under the host-wide measurement lock when the gate is exclusive; in a lab, the
+    worker runs on the case's board, under the board's lock."""
+    state = request.config.stash[STATE]
+    exclusive = state.gates.exclusive(certify_context.gate)
+    with state.run().measuring(certify_context.case, exclusive), certify_context.worker() as worker:
         yield worker
 
 

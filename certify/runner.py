@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -66,9 +67,16 @@ class CertificationRun:
         if isinstance(ready, GateResult):
             result, window = ready, (time.time(), time.time())
         else:
-            with self.store.measurement_lock(exclusive=exclusive) as lock_wait:
+            with self.measuring(ready, exclusive) as lock_wait:
                 result, measurement, window = self._measured(case := ready, evaluate)
         return result, self.record(case, result, nodeid, measurement, *window, exclusive, lock_wait)
+
+    def measuring(self, case: Case, exclusive: bool) -> contextlib.AbstractContextManager[float]:
+        """Where ``case`` is measured, held for the block (yields the wait for it): this host's measurement lock, or
+        its board's lock with every worker opened on the board."""
+        if case.board and self.lab is not None:
+            return self.lab.measuring_on(case.board, self.plan.measure.timeout_s)
+        return self.store.measurement_lock(exclusive=exclusive)
 
     def _measured(self, case: Case, evaluate: Evaluate | None
                   ) -> tuple[GateResult, dict[str, Any], tuple[float, float]]:
@@ -98,7 +106,7 @@ class CertificationRun:
             if isinstance(ready, GateResult):
                 result = ready
             else:
-                with self.lab.measuring_on(case.board, self.plan.measure.timeout_s) as lock_wait:
+                with self.measuring(ready, True) as lock_wait:
                     result, measurement, window = self._measured(case := ready, evaluate)
         except BoardError as exc:
             result = verdict.errored(case.gate, exc.message, hint=exc.hint)

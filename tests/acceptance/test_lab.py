@@ -25,6 +25,7 @@ import yaml
 
 from certify.hardware import detect_host
 from certify.lab.fleet import LOCK_SCRIPT
+from certify.report.session import EXIT_NOT_CERTIFIED
 from tests.acceptance.conftest import Outcome, run_certification
 from tests.helpers.labgrid_lab import LabgridLab
 from tests.helpers.labgrid_lab import unavailable as lab_unavailable
@@ -179,3 +180,33 @@ def test_a_board_whose_tags_contradict_its_hardware_is_refused_with_both_shown(l
     assert "REFUSED" in out and not boards["nuc"]["refused"]
     assert {e["board"] for e in results["cases"]} == {"nuc"}  # pi measured nothing
     assert results["candidates"] == {"tiny/int8@nuc": "partial"}
+
+
+USER_TEST = '''
+import numpy as np
+import pytest
+
+
+@pytest.mark.speed
+def test_median_latency(certify_case, certify_context, certify_model, certify_record):
+    certify_model.call("feeds", key="x", arrays=certify_context.speed_feeds())
+    times_ns = certify_model.call("run", key="x", iterations=50)
+    certify_context.measurement["harness"] = certify_model.call("host")["harness"]
+    certify_record("median latency", float(np.median(times_ns)) / 1e6, 1000.0, unit="ms", higher_is_better=False)
+'''
+
+
+def test_a_projects_own_test_measures_on_the_board_too(lab: Lab, fleet_run: Outcome) -> None:
+    """``certify_model`` in a user's test function: the worker it yields runs on the case's board (the shipped
+    harness answers), under that board's lock."""
+    (lab.folder / "test_mine.py").write_text(USER_TEST)
+    done = subprocess.run([sys.executable, "-m", "pytest", "test_mine.py", "--certify-plan", "certify.toml",
+                           "--lg-env", str(lab.env), "--certify-run-id", "mine", "-p", "no:cacheprovider"],
+                          cwd=lab.folder, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == EXIT_NOT_CERTIFIED and "2 passed" in done.stdout, done.stdout[-3000:]  # a subset
+    records = [json.loads(line) for line in (lab.folder / "reports" / "mine" / "evidence.jsonl").read_text()
+               .splitlines()]
+    assert sorted(r["case"] for r in records) == ["tiny/int8@nuc", "tiny/int8@pi"]
+    for record in records:
+        cache = str(lab.folder / f"cache-{record['board']}")
+        assert record["measurement"]["harness"].startswith(f"{cache}/harness/"), record["measurement"]
