@@ -12,6 +12,8 @@ from certify.records import split_case_id
 
 SHORT_FINGERPRINT = 16  # 'sha256:' and 9 hex digits
 SHOWN_PACKAGES = 4
+RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-genai", "openvino", "openvino-genai",
+            "nncf", "olive-ai", "llama-cpp-python", "mlx", "mlx-lm", "transformers", "torch")
 HERE = "this host"  # the column of the cases a lab run measured on the controller itself
 
 
@@ -32,7 +34,9 @@ def short_fingerprint(fingerprint: Any) -> str:
 
 
 def _packages_text(packages: Any) -> str:
-    items = sorted((packages or {}).items()) if isinstance(packages, dict) else []
+    """The board's runtimes first (what measured), then the rest, ``SHOWN_PACKAGES`` of them."""
+    items = sorted((packages or {}).items(), key=lambda kv: (kv[0] not in RUNTIMES, kv[0])) \
+        if isinstance(packages, dict) else []
     shown = ", ".join(f"{name} {version}" for name, version in items[:SHOWN_PACKAGES])
     return shown + (f" (+{len(items) - SHOWN_PACKAGES} more)" if len(items) > SHOWN_PACKAGES else "") or "none"
 

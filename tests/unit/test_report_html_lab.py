@@ -28,7 +28,7 @@ def test_the_lab_table_describes_every_board_and_its_problems(tmp_path: Path) ->
     assert list(rows) == ["nuc1", "pi", "nuc2"]
     nuc1 = rows["nuc1"].text
     for shown in ("nuc1", "platform=intel", "root@10.213.5.2:2222", "Intel Core i5-1135G7", "markers: intel, cpu",
-                  "sha256:nuc1-fing", "numpy 2.1.0, onnxruntime 1.23.2", "0.42 s"):
+                  "sha256:nuc1-fing", "onnxruntime 1.23.2, numpy 2.1.0", "0.42 s"):
         assert shown in nuc1
     assert rows["pi"].one("span", data_problem="lost").text == "lost: ssh connection closed after 40 s"
     assert rows["nuc2"].one("span", data_problem="refused").text.startswith("refused: its detected hardware (arm)")
