@@ -109,6 +109,12 @@ def fleet_run(lab: Lab) -> Outcome:
     return outcome
 
 
+def bring_back(board: NamespaceBoard) -> None:
+    """The killed board is back: its sshd starts again (once)."""
+    if board.sshd is None or board.sshd.poll() is not None:
+        board._start_sshd()
+
+
 def entries(outcome: Outcome, board: str) -> dict[str, dict[str, object]]:
     return {e["gate"]: e["result"] for e in outcome.results["cases"] if e["board"] == board}
 
@@ -154,7 +160,7 @@ def test_one_signed_certificate_verifies_per_board(lab: Lab, fleet_run: Outcome)
 
 
 def test_resume_measures_the_lost_boards_cases_once_it_is_back(lab: Lab, fleet_run: Outcome) -> None:
-    lab.boards["pi"]._start_sshd()  # the board is back
+    bring_back(lab.boards["pi"])
     resumed = run_certification(lab.folder, lab.folder / "certify.toml", "-k", GATES, "--lg-env", str(lab.env),
                                 "--certify-resume", str(fleet_run.run_dir), "--certify-dev-key")
     out = resumed.stdout + resumed.stderr
@@ -210,3 +216,17 @@ def test_a_projects_own_test_measures_on_the_board_too(lab: Lab, fleet_run: Outc
     for record in records:
         cache = str(lab.folder / f"cache-{record['board']}")
         assert record["measurement"]["harness"].startswith(f"{cache}/harness/"), record["measurement"]
+
+
+def test_two_boards_measure_at_the_same_time_from_one_session(lab: Lab, fleet_run: Outcome) -> None:
+    """With both boards up, ``-n 2 --dist loadgroup`` gives each board its own xdist worker: their measurement
+    windows (each case's time under its board's lock) overlap."""
+    bring_back(lab.boards["pi"])
+    done = run_certification(lab.folder, lab.folder / "certify.toml", "-k", "accuracy or robustness", "--lg-env",
+                             str(lab.env), "-n", "2", "--dist", "loadgroup", "--certify-run-id", "parallel")
+    records = [json.loads(line) for line in (lab.folder / "parallel" / "evidence.jsonl").read_text().splitlines()]
+    assert {(r["board"], r["result"]["verdict"]) for r in records} == {("nuc", "pass"), ("pi", "pass")}, \
+        done.stdout[-3000:]
+    windows = {board: (min(r["started"] for r in records if r["board"] == board),
+                       max(r["finished"] for r in records if r["board"] == board)) for board in ("nuc", "pi")}
+    assert max(w[0] for w in windows.values()) < min(w[1] for w in windows.values()), windows
