@@ -22,7 +22,6 @@ from certify.evidence import EvidenceStore
 from certify.gates.context import GateContext
 from certify.gates.registry import BUILTIN_REGISTRY, GateRegistry
 from certify.hardware import Host
-from certify.lab.board import BoardError
 from certify.measure import dataset, preflight
 from certify.measure.worker import MEMORY_LIMIT_ENV
 from certify.plan import ModelPlan, ModelRef, Plan
@@ -108,7 +107,7 @@ class CertificationRun:
             else:
                 with self.measuring(ready, True) as lock_wait:
                     result, measurement, window = self._measured(case := ready, evaluate)
-        except BoardError as exc:
+        except CertifyError as exc:  # the board (its lock, shipping, asking it) failed outside a gate's own code
             result = verdict.errored(case.gate, exc.message, hint=exc.hint)
         if result.verdict in (verdict.FAIL, verdict.ERROR) and (gone := self.lab.answers(case.board)):
             self.lab.mark_lost(case.board, gone)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from certify.errors import CertifyError
 from certify.hardware import Host
 from certify.lab.board import Board, BoardError
 from certify.lab.remote import RemoteWorkerClient
@@ -76,12 +77,13 @@ class LabBoard:
 
 def detect(lab_board: LabBoard, timeout_s: float = DETECT_TIMEOUT_S) -> LabBoard:
     """``lab_board`` with its host, packages and Python as a worker on the board reports them, refused when that
-    contradicts its tags. An unreachable board is refused too (with ssh's reason): the session goes on without it."""
+    contradicts its tags. A board that cannot be reached, or whose Python cannot run the worker, is refused too (with
+    the reason): the session goes on without it."""
     try:
         with RemoteWorkerClient("host", FACTS_REF, timeout_s, lab_board.board) as worker:
             answer = worker.call("host")
-    except BoardError as exc:
-        lab_board.refused = f"could not be reached: {exc.message}"
+    except CertifyError as exc:  # unreachable, or its Python cannot run the worker (a missing numpy, say)
+        lab_board.refused = f"its worker could not answer: {exc.message}"
         return lab_board
     lab_board.host, lab_board.packages = answer["host"], dict(answer["packages"])
     lab_board.python_version = str(answer["python_version"])

@@ -7,6 +7,7 @@ to it by digest, so the worker there runs the shipped copy, not this checkout.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -330,3 +331,20 @@ def test_a_labgrid_ssh_driver_lends_its_connection(namespace: NamespaceBoard, tm
         target.deactivate(driver)
     with WorkerClient("candidate", ref(model), 60) as local:
         np.testing.assert_array_equal(scored, measure(local, model)[1])
+
+
+@needs_board
+def test_a_board_whose_python_cannot_run_the_worker_is_refused_not_a_crash(namespace: NamespaceBoard,
+                                                                             tmp_path: Path) -> None:
+    """Detection on a board whose Python passes the cache checks but whose worker dies at start (its runtimes are
+    missing): the board is refused with the worker's own words, and the session goes on."""
+    from certify.lab.fleet import LabBoard, detect
+
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then echo "No module named numpy" >&2; exit 1; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    board = dataclasses.replace(make_board(namespace, tmp_path / "cache", name="broken"), python=str(python))
+    found = detect(LabBoard("broken", board))
+    assert found.host is None and found.refused.startswith("its worker could not answer: worker for host")
+    assert "exit code 1" in found.refused and "No module named numpy" in found.refused
