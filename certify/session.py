@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from certify.cases import Case
+from certify.cases import Case, here
 from certify.errors import CertifyError
 from certify.gates.registry import BUILTIN_REGISTRY, GateRegistry
 from certify.hardware import detect_host
@@ -148,8 +148,7 @@ class SessionState:
         lab = self.lab()
         if lab is None:
             return []
-        facts = {name: {**board.facts(), "wait_s": round(self.lab_waits.get(name, board.wait_s), 3)}
-                 for name, board in lab.boards.items()}
+        facts = {name: board.facts() for name, board in lab.boards.items()}
         for record in records:
             lost = record.get("board") in facts and (record["result"].get("details") or {}).get("board_lost")
             if lost and not facts[str(record["board"])]["lost"]:
@@ -161,7 +160,7 @@ class SessionState:
         ``[("", ())]`` here (no lab), or in a lab where no board serves it (its cases then say why)."""
         lab = self.lab()
         routed = lab.route(candidate)[0] if lab is not None else []
-        return [(b.name, b.host.platforms if b.host else ()) for b in routed] or [("", ())]
+        return [(b.name, b.host.platforms if b.host else ()) for b in routed] or here(candidate)
 
 
 STATE = pytest.StashKey[SessionState]()

@@ -21,7 +21,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from certify.errors import CertifyError
+from certify.errors import CertifyError, first_line
 from certify.lab.board import Board
 from certify.lab.fleet import Lab, LabBoard, detect
 
@@ -51,9 +51,8 @@ def place_names(env: Any) -> dict[str, str]:
     for name, target in env.config.get_targets().items():
         resources = (target or {}).get("resources") or {}
         for entry in resources if isinstance(resources, list) else [resources]:
-            args = entry.get("RemotePlace") if isinstance(entry, dict) and "RemotePlace" in entry else None
-            if args is not None or (isinstance(entry, dict) and "RemotePlace" in entry):
-                places[name] = str((args or {}).get("name", name))
+            if isinstance(entry, dict) and "RemotePlace" in entry:
+                places[name] = str((entry["RemotePlace"] or {}).get("name", name))
     return places
 
 
@@ -74,10 +73,8 @@ def _lab_board(env: Any, name: str, wait_s: float) -> LabBoard:
                 "cache_dir": str(env.config.get_target_option(name, CACHE_OPTION, Board.cache_dir))}
     try:
         service, driver, tags, place = target_parts(env.get_target(name))
-    except CertifyError as exc:
-        return LabBoard(name, Board(name=name, host="?"), refused=f"labgrid could not resolve it: {exc.message}")
-    except Exception as exc:  # labgrid's own errors (a place not acquired, a driver that cannot bind)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return LabBoard(name, Board(name=name, host="?"), refused=f"labgrid could not resolve it: {first}")
+    except Exception as exc:  # ours, or labgrid's own (a place not acquired, a driver that cannot bind)
+        why = exc.message if isinstance(exc, CertifyError) else first_line(str(exc)) or type(exc).__name__
+        return LabBoard(name, Board(name=name, host="?"), refused=f"labgrid could not resolve it: {why}")
     board = Board.from_labgrid(name, service, driver, **settings)
     return LabBoard(name, board, place=place, tags=dict(tags), wait_s=wait_s)

@@ -109,7 +109,6 @@ class Lab:
 
     def __init__(self, boards: list[LabBoard]) -> None:
         self.boards = {b.name: b for b in boards}
-        self._can_run: dict[tuple[str, ModelRef], str] = {}
 
     def usable(self) -> list[LabBoard]:
         return [b for b in self.boards.values() if not b.refused and b.host is not None]
@@ -131,12 +130,10 @@ class Lab:
         return [], f"no board of the lab serves {want}: boards: {seen}"
 
     def cannot_run(self, name: str, ref: ModelRef) -> str:
-        """'' when ``ref`` can run on board ``name`` (asked of a worker there, once per model), else why not."""
-        key = (name, ref)
-        if key not in self._can_run:
-            with RemoteWorkerClient("host", ref, DETECT_TIMEOUT_S, self.boards[name].board) as worker:
-                self._can_run[key] = str(worker.call("can_run", ref=ref))
-        return self._can_run[key]
+        """'' when ``ref`` can run on board ``name`` (asked of a worker there), else why not. The runner asks once
+        per model and board (``CertificationRun.cannot_run`` is cached)."""
+        with RemoteWorkerClient("host", ref, DETECT_TIMEOUT_S, self.boards[name].board) as worker:
+            return str(worker.call("can_run", ref=ref))
 
     @contextlib.contextmanager
     def workers_on(self, name: str, timeout_s: float) -> Iterator[None]:
